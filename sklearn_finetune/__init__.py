@@ -1,0 +1,10 @@
+"""Any pretrained PyTorch encoder as a scikit-learn estimator.
+
+>>> from sklearn_finetune import FoundationClassifier, FoundationRegressor
+"""
+
+from ._classifier import FoundationClassifier
+from ._regressor import FoundationRegressor
+
+__all__ = ["FoundationClassifier", "FoundationRegressor"]
+__version__ = "0.1.0"

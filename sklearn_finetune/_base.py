@@ -1,0 +1,364 @@
+"""What FoundationClassifier and FoundationRegressor share: parameters, fit, inference, clone."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Sequence
+from math import ceil
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
+from skorch.utils import multi_indexing, to_tensor
+from sklearn.base import BaseEstimator, _fit_context, clone
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._device import resolve_device
+from ._encoder import preserved_modes, prepare_encoder
+from ._heads import HEADS, build_head, mlp_backbone
+from ._module import FoundationModule, representation_size
+from ._representation import POOLINGS, Pooling, Representation
+from ._validation import ModelInput, n_samples, validate_X
+
+SHARED_PARAMETERS = """\
+    encoder : torch.nn.Module or None, default=None
+        The backbone. Its ``forward`` receives a batch of X (a dict X is passed
+        as keyword arguments) and may return a tensor ``(batch, ...)``, a tuple
+        or list (the first element is used) or a mapping such as a Hugging
+        Face output (see ``output_key``). The representation size is found by
+        running it once on two samples. ``fit`` never changes this object: a
+        frozen encoder is shared by reference, a trained one is copied (see
+        ``encoder_``). ``None`` builds a small MLP sized from the data
+        (flatten, then two ReLU layers of width ``clip(2 * n_features, 32,
+        256)``), for training from scratch.
+
+    freeze_backbone : bool or "auto", default="auto"
+        ``True``: a linear probe (or MLP probe): the backbone gets no gradient,
+        is not in the optimizer and stays in eval mode for the whole fit, so
+        neither its weights nor its batch-norm statistics change and its
+        dropout is off. ``False``: full fine-tuning of a copy of the backbone
+        at ``lr * backbone_lr_mult``. ``"auto"``: frozen when an encoder is
+        given, trained when ``encoder=None`` (a frozen random MLP is a
+        random-features baseline: ask for it with ``True``).
+
+    head : {"linear", "mlp"}, default="linear"
+        ``"linear"``: one linear layer on the representation. ``"mlp"``:
+        hidden layers of ``hidden_dims`` with ReLU and ``dropout``, then a
+        linear output layer. A new head is initialised at every fit.
+
+    hidden_dims : sequence of int, default=(64, 32)
+        Hidden layer widths of the MLP head.
+
+    dropout : float, default=0.0
+        Dropout after each hidden layer of the MLP head, in [0, 1).
+
+    lr : float, default=1e-3
+        Learning rate of the head (AdamW).
+
+    backbone_lr_mult : float, default=0.1
+        The backbone's learning rate as a fraction of ``lr``: the optimizer
+        has two parameter groups, backbone at ``lr * backbone_lr_mult`` and
+        head at ``lr``. Unused when the backbone is frozen. Backbone
+        parameters whose ``requires_grad`` is False stay fixed.
+
+    weight_decay : float, default=0.0
+        AdamW's decoupled weight decay, for both groups.
+
+    max_epochs : int, default=30
+        Number of passes over the training data.
+
+    batch_size : int, default=32
+        Training and inference batch size. When the last training batch
+        would hold a single sample it is dropped (shuffling changes which
+        sample each epoch), so batch norm in train mode never sees a batch
+        of one.
+
+    val_split : float, (X_val, y_val) or None, default=0.2
+        Held-out data scored after every epoch (loss and the default score
+        in ``history_``). A float in (0, 1) holds out that fraction of X,
+        stratified by class for classifiers when every class has at least
+        two samples; ``0`` or ``None`` trains on all of X; a tuple gives the
+        validation data explicitly. The held-out fraction is not trained on.
+
+    output_key : str or None, default=None
+        Which entry of a mapping output holds the representation. ``None``
+        takes the first of ``"feature"``, ``"features"``, ``"pooler_output"``
+        and ``"last_hidden_state"`` that is present and not None.
+
+    pooling : {"mean", "max", "cls", "flatten"} or callable, default="mean"
+        How an output with more than two axes becomes ``(batch, features)``.
+        3-D outputs are read as ``(batch, tokens, features)`` and 4-D+ as
+        channels-first ``(batch, channels, *spatial)``: ``"mean"`` and
+        ``"max"`` reduce over the tokens or the spatial axes, ``"cls"`` takes
+        the first token, ``"flatten"`` keeps everything. A callable (defined
+        at module level, so the estimator pickles) gets the tensor and
+        returns ``(batch, features)``. 2-D outputs pass through.
+
+    device : str or torch.device, default="auto"
+        ``"auto"`` picks CUDA, then MPS, then the CPU. A device that is not
+        available falls back to the CPU with a warning.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the validation split, the head's initialisation, shuffling and
+        dropout. Torch's global random state is left as it was. With an int,
+        two fits on the CPU give identical predictions.
+
+    verbose : int, default=0
+        ``> 0`` prints skorch's per-epoch table."""
+
+
+def with_shared_parameters(cls: type) -> type:
+    """Put :data:`SHARED_PARAMETERS` into ``cls``'s docstring at ``{shared_parameters}``."""
+    cls.__doc__ = cls.__doc__.replace("    {shared_parameters}", SHARED_PARAMETERS)
+    return cls
+
+
+class FoundationEstimator(BaseEstimator):
+    """Base class of the estimators: use FoundationClassifier or FoundationRegressor."""
+
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "encoder": [nn.Module, None],
+        "freeze_backbone": ["boolean", StrOptions({"auto"})],
+        "head": [StrOptions(set(HEADS))],
+        "hidden_dims": ["array-like"],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr_mult": [Interval(Real, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "val_split": [Interval(Real, 0, 1, closed="left"), tuple, None],
+        "output_key": [str, None],
+        "pooling": [StrOptions(set(POOLINGS)), callable],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    # Set by the subclasses.
+    _net_class: ClassVar[type]
+    _criterion: ClassVar[type[nn.Module]]
+
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        *,
+        freeze_backbone: bool | str = "auto",
+        head: str = "linear",
+        hidden_dims: Sequence[int] = (64, 32),
+        dropout: float = 0.0,
+        lr: float = 1e-3,
+        backbone_lr_mult: float = 0.1,
+        weight_decay: float = 0.0,
+        max_epochs: int = 30,
+        batch_size: int = 32,
+        val_split: float | tuple | None = 0.2,
+        output_key: str | None = None,
+        pooling: Pooling = "mean",
+        device: str | torch.device = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.encoder = encoder
+        self.freeze_backbone = freeze_backbone
+        self.head = head
+        self.hidden_dims = hidden_dims
+        self.dropout = dropout
+        self.lr = lr
+        self.backbone_lr_mult = backbone_lr_mult
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.val_split = val_split
+        self.output_key = output_key
+        self.pooling = pooling
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # Hooks for the subclasses ------------------------------------------------
+
+    def _validate_y(self, y: Any) -> np.ndarray:
+        """Check y, learn what predict needs to undo (classes, scale), return the training target."""
+        raise NotImplementedError
+
+    def _transform_y(self, y: Any) -> np.ndarray:
+        """Turn more targets (the validation set's) into the training encoding."""
+        raise NotImplementedError
+
+    def _n_outputs(self) -> int:
+        raise NotImplementedError
+
+    def _stratify(self, y: np.ndarray, n_val: int) -> np.ndarray | None:
+        return None
+
+    def _callbacks(self) -> list:
+        return []
+
+    # Fitting -----------------------------------------------------------------
+
+    def _is_frozen(self) -> bool:
+        if self.freeze_backbone == "auto":
+            return self.encoder is not None
+        return bool(self.freeze_backbone)
+
+    def _validate_X(self, X: Any, *, reset: bool) -> ModelInput:
+        return validate_X(self, X, reset=reset, for_mlp=self.encoder is None)
+
+    def _split(self, X: ModelInput, y: np.ndarray, rng: np.random.RandomState) -> tuple:
+        """Return ``(X_train, y_train, validation)``; validation is ``(X, y)`` or None."""
+        if isinstance(self.val_split, tuple):
+            if len(self.val_split) != 2:
+                raise ValueError(
+                    f"val_split as a tuple must be (X_val, y_val); got a tuple of "
+                    f"{len(self.val_split)} items."
+                )
+            X_val = self._validate_X(self.val_split[0], reset=False)
+            y_val = self._transform_y(self.val_split[1])
+            _check_lengths(X_val, y_val, "X_val", "y_val")
+            return X, y, (X_val, y_val)
+        if not self.val_split:
+            return X, y, None
+        n = n_samples(X)
+        n_val = ceil(self.val_split * n)
+        if n - n_val < 1:
+            raise ValueError(
+                f"val_split={self.val_split} leaves no sample to train on: X has {n} "
+                f"sample(s). Pass more data or val_split=0."
+            )
+        train, val = train_test_split(
+            np.arange(n), test_size=n_val, stratify=self._stratify(y, n_val), random_state=rng
+        )
+        return multi_indexing(X, train), y[train], (multi_indexing(X, val), y[val])
+
+    def _build_module(self, X: ModelInput, device: torch.device) -> FoundationModule:
+        frozen = self._is_frozen()
+        if self.encoder is None:
+            encoder = mlp_backbone(self.input_shape_).to(device)
+        else:
+            encoder = prepare_encoder(self.encoder, trainable=not frozen, device=device)
+        representation = Representation(self.output_key, self.pooling)
+        width = representation_size(
+            encoder, representation, to_tensor(multi_indexing(X, slice(0, 2)), device)
+        )
+        head = build_head(
+            self.head,
+            width,
+            self._n_outputs(),
+            hidden_dims=self.hidden_dims,
+            dropout=self.dropout,
+        ).to(device)
+        return FoundationModule(encoder, representation, head, frozen=frozen)
+
+    def _build_net(
+        self, module: FoundationModule, n_train: int, validation: tuple | None, device: torch.device
+    ) -> Any:
+        train_split = None if validation is None else predefined_split(Dataset(*validation))
+        return self._net_class(
+            module=module,
+            criterion=self._criterion,
+            optimizer=torch.optim.AdamW,
+            lr=self.lr,
+            optimizer__weight_decay=self.weight_decay,
+            optimizer__param_groups=[("encoder.*", {"lr": self.lr * self.backbone_lr_mult})],
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            train_split=train_split,
+            iterator_train__shuffle=True,
+            iterator_train__drop_last=n_train > 1 and n_train % self.batch_size == 1,
+            callbacks=self._callbacks(),
+            device=device,
+            verbose=self.verbose,
+        )
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any) -> FoundationEstimator:
+        """Train the head (and the backbone unless frozen) on X, y.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor or dict
+            Training input; a dict maps the encoder's keyword arguments to
+            arrays of n_samples rows.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Class labels (classifier) or targets (regressor).
+
+        Returns
+        -------
+        self
+            The fitted estimator.
+        """
+        X = self._validate_X(X, reset=True)
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        y = self._validate_y(y)
+        _check_lengths(X, y, "X", "y")
+        rng = check_random_state(self.random_state)
+        X_train, y_train, validation = self._split(X, y, rng)
+        device = resolve_device(self.device)
+        user_encoder = (
+            contextlib.nullcontext() if self.encoder is None else preserved_modes(self.encoder)
+        )
+        rng_devices = [device.index] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices), user_encoder:
+            torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+            module = self._build_module(X_train, device)
+            net = self._build_net(module, n_samples(X_train), validation, device)
+            net.fit(X_train, y_train)
+            module.eval()
+        self.net_ = net
+        self.encoder_ = module.encoder
+        self.history_ = net.history
+        self.device_ = device
+        return self
+
+    # Inference ---------------------------------------------------------------
+
+    def _net_predict(self, method: str, X: Any) -> np.ndarray:
+        """Validate X and run one of the skorch net's inference methods on it."""
+        check_is_fitted(self, "net_")
+        X = self._validate_X(X, reset=False)
+        with preserved_modes(self.encoder_):
+            return getattr(self.net_, method)(X)
+
+    # scikit-learn protocol ---------------------------------------------------
+
+    def __sklearn_clone__(self) -> FoundationEstimator:
+        """An unfitted copy that shares the encoder object instead of deep-copying it.
+
+        ``fit`` never changes the encoder it is given (a trained backbone is
+        copied at fit time), so sharing it is safe, and it saves GridSearchCV
+        and cross_val_score a deep copy of a possibly large model per
+        candidate and fold. Every other parameter is cloned as
+        :func:`sklearn.base.clone` would.
+        """
+        params = self.get_params(deep=False)
+        encoder = params.pop("encoder")
+        new = type(self)(encoder=encoder, **{k: clone(v, safe=False) for k, v in params.items()})
+        if hasattr(self, "_metadata_request"):
+            new._metadata_request = copy.deepcopy(self._metadata_request)
+        return new
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.dict = True
+        return tags
+
+
+def _check_lengths(X: ModelInput, y: np.ndarray, x_name: str, y_name: str) -> None:
+    if n_samples(X) != len(y):
+        raise ValueError(
+            f"{x_name} and {y_name} must have the same number of samples; got "
+            f"{n_samples(X)} and {len(y)}."
+        )

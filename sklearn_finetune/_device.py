@@ -1,0 +1,67 @@
+"""Resolve the ``device`` parameter to a torch device that exists here."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Return the torch device to train on.
+
+    ``"auto"`` picks CUDA, then Apple's MPS, then the CPU. A device that is
+    named explicitly but not available here falls back to the CPU with a
+    warning, so that an estimator configured on a GPU machine still runs on a
+    laptop.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"``, or anything ``torch.device`` accepts (``"cpu"``,
+        ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+
+    Returns
+    -------
+    torch.device
+
+    Examples
+    --------
+    >>> from sklearn_finetune._device import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a torch device; use 'auto', 'cpu', 'cuda', "
+            f"'cuda:N' or 'mps'."
+        ) from exc
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available()
+        and (resolved.index is None or resolved.index < torch.cuda.device_count()),
+        "mps": _mps_available(),
+    }.get(resolved.type, False)
+    if not available:
+        warnings.warn(
+            f"device={device!r} is not available on this machine; training on the "
+            f"CPU instead.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return torch.device("cpu")
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return resolved

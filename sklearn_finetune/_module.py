@@ -1,0 +1,101 @@
+"""The network skorch trains: encoder -> representation -> head."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._encoder import preserved_modes
+from ._representation import Representation
+
+
+def call_encoder(encoder: nn.Module, X: Any) -> Any:
+    """Run ``encoder`` on one batch: a dict is passed as keyword arguments."""
+    if isinstance(X, Mapping):
+        return encoder(**X)
+    return encoder(X)
+
+
+def representation_size(encoder: nn.Module, representation: Representation, batch: Any) -> int:
+    """Run the encoder once on a small batch and return the representation's width.
+
+    The encoder runs in eval mode without gradients and its modes are restored
+    afterwards, so the probe changes nothing (no batch-norm statistics move).
+    This is also where an encoder that cannot take X, or returns something
+    that is not a tensor, is reported, before any training starts.
+    """
+    with torch.no_grad(), preserved_modes(encoder):
+        encoder.eval()
+        try:
+            output = call_encoder(encoder, batch)
+        except Exception as exc:
+            given = (
+                "keyword arguments " + ", ".join(map(repr, batch))
+                if isinstance(batch, Mapping)
+                else f"a {batch.dtype} tensor of shape {tuple(batch.shape)}"
+            )
+            raise ValueError(
+                f"The encoder failed on the first samples of X, passed as {given}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return representation(output).shape[1]
+
+
+class FoundationModule(nn.Module):
+    """Encoder, representation and head as one ``nn.Module``.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The backbone.
+    representation : Representation
+        Turns the encoder's output into ``(batch, features)``.
+    head : torch.nn.Module
+        Maps the representation to the outputs.
+    frozen : bool
+        A frozen encoder runs without gradients, stays in eval mode whatever
+        mode the training loop asks for (batch-norm statistics and dropout do
+        not change), and its parameters are not offered to the optimizer.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, representation: Representation, head: nn.Module, *, frozen: bool
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.representation = representation
+        self.head = head
+        self.frozen = frozen
+
+    def embed(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The representation of a batch: encoder, then output selection and pooling."""
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            return self.representation(self.encoder(*args, **kwargs))
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.head(self.embed(*args, **kwargs))
+
+    def train(self, mode: bool = True) -> FoundationModule:
+        """Set train/eval mode, keeping a frozen encoder in eval mode."""
+        self.training = mode
+        for name, child in self.named_children():
+            child.train(mode and not (self.frozen and name == "encoder"))
+        return self
+
+    def trainable_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The parameters the optimizer should update, with their names.
+
+        The head's, and the encoder's unless it is frozen. Encoder parameters
+        whose ``requires_grad`` is False stay out: that is how part of a
+        backbone is kept fixed during fine-tuning.
+        """
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            if self.frozen and name.startswith("encoder."):
+                continue
+            yield name, parameter

@@ -1,0 +1,121 @@
+"""FoundationRegressor: a torch encoder as a scikit-learn regressor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from skorch.callbacks import EpochScoring
+from sklearn.base import RegressorMixin
+from sklearn.utils.validation import check_array
+from torch import nn
+
+from ._base import FoundationEstimator, with_shared_parameters
+from ._net import RegressorNet
+
+
+@with_shared_parameters
+class FoundationRegressor(RegressorMixin, FoundationEstimator):
+    """A regressor made of a torch encoder and a head, trained by skorch.
+
+    Linear probe (``freeze_backbone=True``), full fine-tuning
+    (``freeze_backbone=False``) or training from scratch (``encoder=None``),
+    with squared-error loss on one or several targets. Targets are
+    standardised for training (each to mean 0, standard deviation 1) and
+    ``predict`` returns them on their original scale.
+
+    Parameters
+    ----------
+    {shared_parameters}
+
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of targets.
+    target_mean_, target_scale_ : ndarray of shape (n_outputs_,)
+        Mean and standard deviation of each target in the training data (a
+        constant target gets scale 1).
+    net_ : skorch.NeuralNetRegressor
+        The trained skorch net; ``net_.module_`` is the ``FoundationModule``
+        (encoder, representation, head).
+    encoder_ : torch.nn.Module
+        The backbone used: the ``encoder`` object itself when frozen on its
+        own device, otherwise the trained copy.
+    history_ : skorch.History
+        One row per epoch with ``train_loss``, and with a validation set
+        ``valid_loss`` (on standardised targets) and ``valid_r2``.
+    device_ : torch.device
+        The device training ran on.
+    input_shape_ : tuple or dict
+        The shape of one training sample (a dict of shapes for dict input).
+    n_features_in_ : int
+        Number of features, for 2-D X only.
+    feature_names_in_ : ndarray of str
+        Column names, when X was a DataFrame with string column names.
+
+    See Also
+    --------
+    FoundationClassifier : The same for class labels.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn_finetune import FoundationRegressor
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> reg = FoundationRegressor(max_epochs=5, random_state=0).fit(X, y)
+    >>> reg.predict(X[:3]).shape
+    (3,)
+    """
+
+    _net_class = RegressorNet
+    _criterion = nn.MSELoss
+
+    def _validate_y(self, y: Any) -> np.ndarray:
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        if y.ndim not in (1, 2):
+            raise ValueError(
+                f"y must have shape (n_samples,) or (n_samples, n_targets); got {y.shape}."
+            )
+        y2d = y.reshape(len(y), -1)
+        self.n_outputs_ = y2d.shape[1]
+        self.target_mean_ = y2d.mean(axis=0)
+        scale = y2d.std(axis=0)
+        self.target_scale_ = np.where(scale > 0, scale, 1.0)
+        return self._transform_y(y)
+
+    def _transform_y(self, y: Any) -> np.ndarray:
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        y2d = y.reshape(len(y), -1)
+        if y2d.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"y_val has {y2d.shape[1]} target(s); y has {self.n_outputs_}."
+            )
+        return ((y2d - self.target_mean_) / self.target_scale_).astype(np.float32)
+
+    def _n_outputs(self) -> int:
+        return self.n_outputs_
+
+    def _callbacks(self) -> list:
+        return [("valid_r2", EpochScoring("r2", lower_is_better=False, use_caching=True))]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted targets, on the scale of the training targets.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, torch.Tensor or dict
+            Input in the form used at fit time.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs_)
+            One column per target; 1-D for a single target.
+        """
+        standardised = self._net_predict("predict", X)
+        y = standardised * self.target_scale_ + self.target_mean_
+        return y.ravel() if self.n_outputs_ == 1 else y
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags

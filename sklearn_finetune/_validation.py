@@ -1,0 +1,161 @@
+"""Check X and turn it into what the module is fed: an array, or a dict of arrays.
+
+The rules, in one place:
+
+* numpy arrays of any rank ``(n_samples, ...)`` with at least two axes, numeric
+  pandas DataFrames, torch tensors (moved to the CPU), and dicts of
+  equal-length arrays (passed to the encoder as keyword arguments);
+* floating data becomes float32; integer and boolean arrays (token ids,
+  masks) keep their dtype for an encoder you pass, while DataFrames and
+  everything fed to the built-in MLP become float32;
+* NaN and infinity are refused, and so are empty inputs;
+* at predict time a 2-D X must have ``n_features_in_`` columns, any other X
+  the same number of axes (encoders that pool accept other lengths and image
+  sizes), and a dict the same keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.utils.validation import check_array, validate_data
+
+ModelInput = Union[np.ndarray, dict[str, np.ndarray]]
+
+
+def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point():
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _to_model_dtype(array: np.ndarray) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32, copy=False)
+    return array
+
+
+def _describe(X: ModelInput) -> str:
+    if isinstance(X, Mapping):
+        return "a dict with keys " + ", ".join(map(repr, X))
+    return f"an array of shape {X.shape}"
+
+
+def _validate_dict(X: Mapping, *, for_mlp: bool) -> dict[str, np.ndarray]:
+    if for_mlp:
+        raise ValueError(
+            "X is a dict, but encoder=None builds an MLP that takes one array. Pass "
+            "an encoder whose forward accepts the keyword arguments "
+            f"{', '.join(map(repr, X))}, or pass X as an array."
+        )
+    if not X:
+        raise ValueError("X is an empty dict; it must map input names to arrays.")
+    arrays = {}
+    for key, value in X.items():
+        if not isinstance(key, str):
+            raise TypeError(
+                f"The keys of a dict X are passed to the encoder as keyword "
+                f"arguments, so they must be strings; got {key!r}."
+            )
+        if isinstance(value, torch.Tensor):
+            value = _tensor_to_numpy(value)
+        value = check_array(
+            value, allow_nd=True, ensure_2d=False, dtype="numeric", input_name=f"X[{key!r}]"
+        )
+        arrays[key] = _to_model_dtype(value)
+    lengths = {key: len(value) for key, value in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"The arrays in a dict X must all have one row per sample; got lengths "
+            f"{lengths}."
+        )
+    return arrays
+
+
+def _forget_2d_attributes(estimator: Any) -> None:
+    for name in ("n_features_in_", "feature_names_in_"):
+        if hasattr(estimator, name):
+            delattr(estimator, name)
+
+
+def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelInput:
+    """Check X and return it as float32/integer numpy data the module can take.
+
+    Parameters
+    ----------
+    estimator : FoundationClassifier or FoundationRegressor
+        Receives ``n_features_in_``, ``feature_names_in_`` (2-D input) and
+        ``input_shape_`` when ``reset`` is true, and is checked against them
+        otherwise.
+    X : array-like, DataFrame, torch.Tensor or dict of those
+        The input.
+    reset : bool
+        True in ``fit``; False in ``predict`` and friends.
+    for_mlp : bool
+        True when the built-in MLP backbone is used (``encoder=None``): all
+        input becomes float32 and must be one array.
+
+    Returns
+    -------
+    numpy.ndarray or dict of numpy.ndarray
+    """
+    if isinstance(X, Mapping):
+        X = _validate_dict(X, for_mlp=for_mlp)
+        if reset:
+            _forget_2d_attributes(estimator)
+        shape: Any = {key: value.shape[1:] for key, value in X.items()}
+    else:
+        if isinstance(X, torch.Tensor):
+            X = _tensor_to_numpy(X)
+        dtype = np.float32 if for_mlp or isinstance(X, pd.DataFrame) else "numeric"
+        ndim = X.ndim if hasattr(X, "ndim") else np.ndim(X)
+        if ndim <= 2:
+            X = validate_data(estimator, X, reset=reset, dtype=dtype)
+        else:
+            X = check_array(X, allow_nd=True, dtype=dtype, estimator=estimator)
+            if reset:
+                _forget_2d_attributes(estimator)
+        X = _to_model_dtype(X)
+        shape = X.shape[1:]
+    if reset:
+        estimator.input_shape_ = shape
+    else:
+        _check_same_layout(estimator.input_shape_, shape, X)
+    return X
+
+
+def _check_same_layout(fitted: Any, given: Any, X: ModelInput) -> None:
+    if isinstance(fitted, dict) != isinstance(given, dict):
+        expected = "a dict" if isinstance(fitted, dict) else "an array"
+        raise ValueError(
+            f"X was {expected} at fit time but is {_describe(X)} now; pass X in the "
+            f"form the estimator was fitted on."
+        )
+    if isinstance(fitted, dict):
+        if set(fitted) != set(given):
+            raise ValueError(
+                f"X has keys {sorted(given)}, but the estimator was fitted on keys "
+                f"{sorted(fitted)}."
+            )
+        pairs = [(fitted[key], given[key], f"X[{key!r}]") for key in fitted]
+    else:
+        pairs = [(fitted, given, "X")]
+    for fitted_shape, given_shape, name in pairs:
+        if len(fitted_shape) != len(given_shape):
+            raise ValueError(
+                f"{name} has samples of shape {tuple(given_shape)}, but the estimator "
+                f"was fitted on samples of shape {tuple(fitted_shape)}: the number of "
+                f"axes must match."
+            )
+
+
+def n_samples(X: ModelInput) -> int:
+    """Number of samples in validated input."""
+    if isinstance(X, Mapping):
+        return len(next(iter(X.values())))
+    return len(X)
