@@ -96,7 +96,8 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
         return self.n_outputs_
 
     def _callbacks(self) -> list:
-        return [("valid_r2", EpochScoring("r2", lower_is_better=False, use_caching=True))]
+        r2 = EpochScoring("r2", lower_is_better=False, name="valid_r2", use_caching=True)
+        return [("valid_r2", r2)]
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted targets, on the scale of the training targets.

@@ -112,9 +112,10 @@ def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelIn
     else:
         if isinstance(X, torch.Tensor):
             X = _tensor_to_numpy(X)
+        elif not hasattr(X, "ndim"):
+            X = np.asarray(X)
         dtype = np.float32 if for_mlp or isinstance(X, pd.DataFrame) else "numeric"
-        ndim = X.ndim if hasattr(X, "ndim") else np.ndim(X)
-        if ndim <= 2:
+        if X.ndim <= 2:
             X = validate_data(estimator, X, reset=reset, dtype=dtype)
         else:
             X = check_array(X, allow_nd=True, dtype=dtype, estimator=estimator)

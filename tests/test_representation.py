@@ -1,0 +1,120 @@
+"""Encoder outputs of every shape the package promises to read."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sklearn_finetune import FoundationClassifier
+from sklearn_finetune._representation import pool, select_output
+
+
+def test_select_output_reads_tensors_sequences_and_mappings():
+    t = torch.randn(2, 3)
+    assert select_output(t) is t
+    assert select_output((t, torch.zeros(1))) is t
+    assert select_output([t]) is t
+    hf_like = OrderedDict(last_hidden_state=torch.zeros(2, 4, 3), pooler_output=t)
+    assert select_output(hf_like) is t  # pooler_output comes first
+    assert select_output(hf_like, "last_hidden_state").shape == (2, 4, 3)
+    assert select_output({"feature": t, "pooler_output": None}) is t
+    assert select_output({"pooler_output": None, "last_hidden_state": t}) is t
+
+
+@pytest.mark.parametrize(
+    ("output", "key", "error", "match"),
+    [
+        ("text", None, TypeError, "returned a str"),
+        (3.0, None, TypeError, "returned a float"),
+        ((np.zeros(3),), None, TypeError, "first element is a ndarray"),
+        ({"logits": torch.zeros(2, 3)}, None, ValueError, "set output_key"),
+        ({"logits": torch.zeros(2, 3)}, "embedding", ValueError, "keys \\['logits'\\]"),
+        ({"embedding": [1, 2]}, "embedding", TypeError, "not a tensor"),
+    ],
+)
+def test_select_output_errors_say_what_was_returned(output, key, error, match):
+    with pytest.raises(error, match=match):
+        select_output(output, key)
+
+
+def test_pool_follows_token_and_channel_conventions():
+    tokens = torch.arange(24.0).reshape(2, 3, 4)  # (batch, tokens, features)
+    torch.testing.assert_close(pool(tokens), tokens.mean(1))
+    torch.testing.assert_close(pool(tokens, "max"), tokens[:, 2])
+    torch.testing.assert_close(pool(tokens, "cls"), tokens[:, 0])
+    assert pool(tokens, "flatten").shape == (2, 12)
+    maps = torch.randn(2, 5, 3, 3)  # (batch, channels, height, width)
+    torch.testing.assert_close(pool(maps), maps.mean((2, 3)))
+    torch.testing.assert_close(pool(maps, "max"), maps.amax((2, 3)))
+    assert pool(torch.randn(2, 7)).shape == (2, 7)
+    assert pool(torch.randn(2)).shape == (2, 1)
+    torch.testing.assert_close(pool(tokens, lambda h: h.sum(1)), tokens.sum(1))
+
+
+def test_pool_errors():
+    with pytest.raises(ValueError, match="pooling='cls'"):
+        pool(torch.randn(2, 5, 3, 3), "cls")
+    with pytest.raises(ValueError, match=r"return a \(batch, features\) tensor"):
+        pool(torch.randn(2, 5, 3), lambda h: h)
+
+
+class SequenceEncoder(nn.Module):
+    """Returns a Hugging Face style mapping with a (batch, tokens, features) tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+
+    def forward(self, x):
+        hidden = self.proj(x)  # x: (batch, tokens, 4)
+        return {"last_hidden_state": hidden, "attentions": None}
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 5, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x), "aux"
+
+
+@pytest.mark.parametrize(
+    ("encoder", "X_shape", "pooling", "width"),
+    [
+        (SequenceEncoder(), (40, 7, 4), "mean", 6),
+        (SequenceEncoder(), (40, 7, 4), "cls", 6),
+        (SequenceEncoder(), (40, 7, 4), "flatten", 42),
+        (ConvEncoder(), (40, 1, 8, 8), "mean", 5),
+        (ConvEncoder(), (40, 1, 8, 8), "max", 5),
+    ],
+)
+def test_representation_size_is_found_by_running_the_encoder(encoder, X_shape, pooling, width):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=X_shape).astype(np.float32)
+    y = np.arange(len(X)) % 2
+    clf = FoundationClassifier(encoder, pooling=pooling, max_epochs=1).fit(X, y)
+    assert clf.net_.module_.head.in_features == width
+    assert clf.predict_proba(X).shape == (40, 2)
+
+
+class StringEncoder(nn.Module):
+    def forward(self, x):
+        return "not a tensor"
+
+
+def test_an_encoder_output_that_is_not_a_tensor_fails_before_training():
+    clf = FoundationClassifier(StringEncoder(), max_epochs=1)
+    with pytest.raises(TypeError, match="The encoder returned a str"):
+        clf.fit(np.zeros((10, 3)), np.arange(10) % 2)
+    assert not hasattr(clf, "net_")
+
+
+def test_an_encoder_that_cannot_take_X_is_reported_with_the_input_it_got():
+    clf = FoundationClassifier(nn.Linear(5, 2), max_epochs=1)
+    with pytest.raises(ValueError, match=r"failed on the first samples of X.*shape \(2, 3\)"):
+        clf.fit(np.zeros((10, 3)), np.arange(10) % 2)
