@@ -115,9 +115,26 @@ SHARED_PARAMETERS = """\
         ``> 0`` prints skorch's per-epoch table."""
 
 
-def with_shared_parameters(cls: type) -> type:
-    """Put :data:`SHARED_PARAMETERS` into ``cls``'s docstring at ``{shared_parameters}``."""
-    cls.__doc__ = cls.__doc__.replace("    {shared_parameters}", SHARED_PARAMETERS)
+SHARED_ATTRIBUTES = """\
+    encoder_ : torch.nn.Module
+        The backbone used: the ``encoder`` object itself when frozen on its
+        own device, otherwise the trained copy.
+    device_ : torch.device
+        The device training ran on.
+    input_shape_ : tuple or dict
+        The shape of one training sample (a dict of shapes for dict input).
+    n_features_in_ : int
+        Number of features, for 2-D X only.
+    feature_names_in_ : ndarray of str
+        Column names, when X was a DataFrame with string column names."""
+
+
+def with_shared_docs(cls: type) -> type:
+    """Fill ``{shared_parameters}`` and ``{shared_attributes}`` in ``cls``'s docstring."""
+    if cls.__doc__:  # None under python -OO
+        cls.__doc__ = cls.__doc__.replace("    {shared_parameters}", SHARED_PARAMETERS).replace(
+            "    {shared_attributes}", SHARED_ATTRIBUTES
+        )
     return cls
 
 

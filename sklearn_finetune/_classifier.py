@@ -10,7 +10,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, column_or_1d
 from torch import nn
 
-from ._base import FoundationEstimator, with_shared_parameters
+from ._base import FoundationEstimator, with_shared_docs
 from ._net import ClassifierNet
 
 
@@ -18,7 +18,7 @@ def _as_labels(y: Any) -> np.ndarray:
     return column_or_1d(check_array(y, ensure_2d=False, dtype=None, input_name="y"), warn=True)
 
 
-@with_shared_parameters
+@with_shared_docs
 class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     """A classifier made of a torch encoder and a head, trained by skorch.
 
@@ -38,20 +38,10 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     net_ : skorch.NeuralNetClassifier
         The trained skorch net; ``net_.module_`` is the ``FoundationModule``
         (encoder, representation, head).
-    encoder_ : torch.nn.Module
-        The backbone used: the ``encoder`` object itself when frozen on its
-        own device, otherwise the trained copy.
     history_ : skorch.History
         One row per epoch with ``train_loss``, and with a validation set
         ``valid_loss`` and ``valid_acc``; e.g. ``history_[:, "valid_acc"]``.
-    device_ : torch.device
-        The device training ran on.
-    input_shape_ : tuple or dict
-        The shape of one training sample (a dict of shapes for dict input).
-    n_features_in_ : int
-        Number of features, for 2-D X only.
-    feature_names_in_ : ndarray of str
-        Column names, when X was a DataFrame with string column names.
+    {shared_attributes}
 
     See Also
     --------

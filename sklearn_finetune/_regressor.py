@@ -10,11 +10,11 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_array
 from torch import nn
 
-from ._base import FoundationEstimator, with_shared_parameters
+from ._base import FoundationEstimator, with_shared_docs
 from ._net import RegressorNet
 
 
-@with_shared_parameters
+@with_shared_docs
 class FoundationRegressor(RegressorMixin, FoundationEstimator):
     """A regressor made of a torch encoder and a head, trained by skorch.
 
@@ -38,20 +38,10 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     net_ : skorch.NeuralNetRegressor
         The trained skorch net; ``net_.module_`` is the ``FoundationModule``
         (encoder, representation, head).
-    encoder_ : torch.nn.Module
-        The backbone used: the ``encoder`` object itself when frozen on its
-        own device, otherwise the trained copy.
     history_ : skorch.History
         One row per epoch with ``train_loss``, and with a validation set
         ``valid_loss`` (on standardised targets) and ``valid_r2``.
-    device_ : torch.device
-        The device training ran on.
-    input_shape_ : tuple or dict
-        The shape of one training sample (a dict of shapes for dict input).
-    n_features_in_ : int
-        Number of features, for 2-D X only.
-    feature_names_in_ : ndarray of str
-        Column names, when X was a DataFrame with string column names.
+    {shared_attributes}
 
     See Also
     --------
