@@ -69,11 +69,13 @@ def test_optimizer_has_backbone_and_head_groups_at_their_rates(digits):
     X, y = digits
     clf = FoundationClassifier(
         BatchNormEncoder(), freeze_backbone=False, lr=2e-3, backbone_lr_mult=0.05,
-        max_epochs=1, random_state=0,
+        weight_decay=0.01, max_epochs=1, random_state=0,
     ).fit(X, y)
     module = clf.net_.module_
     groups = clf.net_.optimizer_.param_groups
+    assert isinstance(clf.net_.optimizer_, torch.optim.AdamW)
     assert [group["lr"] for group in groups] == pytest.approx([2e-3 * 0.05, 2e-3])
+    assert [group["weight_decay"] for group in groups] == [0.01, 0.01]
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in module.encoder.parameters()}
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in module.head.parameters()}
 

@@ -107,6 +107,24 @@ class StringEncoder(nn.Module):
         return "not a tensor"
 
 
+class TwoOutputEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.small, self.large = nn.Linear(3, 2), nn.Linear(3, 5)
+
+    def forward(self, x):
+        return {"small": self.small(x), "large": self.large(x)}
+
+
+def test_output_key_picks_the_representation():
+    X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    for key, width in [("small", 2), ("large", 5)]:
+        clf = FoundationClassifier(TwoOutputEncoder(), output_key=key, max_epochs=1).fit(X, y)
+        assert clf.net_.module_.head.in_features == width
+    with pytest.raises(ValueError, match="none of which is a default representation key"):
+        FoundationClassifier(TwoOutputEncoder(), max_epochs=1).fit(X, y)
+
+
 def test_an_encoder_output_that_is_not_a_tensor_fails_before_training():
     clf = FoundationClassifier(StringEncoder(), max_epochs=1)
     with pytest.raises(TypeError, match="The encoder returned a str"):

@@ -176,3 +176,13 @@ def test_an_unavailable_device_falls_back_to_cpu_with_a_warning(digits):
         clf.fit(X, y)
     assert clf.device_ == torch.device("cpu")
     assert clf.device == "cuda"  # the parameter is left as given
+
+
+def test_verbose_prints_the_epoch_table(digits, capsys):
+    X, y = digits
+    FoundationClassifier(BatchNormEncoder(), max_epochs=2).fit(X, y)
+    assert capsys.readouterr().out == ""
+    FoundationClassifier(BatchNormEncoder(), max_epochs=2, verbose=1).fit(X, y)
+    table = capsys.readouterr().out
+    assert "train_loss" in table and "valid_acc" in table
+    assert len([line for line in table.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 2
