@@ -128,6 +128,8 @@ def test_heads(digits, head):
     else:
         assert [(m.in_features, m.out_features) for m in layers] == [(16, 12), (12, 8), (8, 10)]
         assert [m.p for m in dropouts] == [0.25, 0.25]
+        # Prediction runs the head in eval mode: dropout off, the same answer twice.
+        np.testing.assert_array_equal(clf.predict_proba(X), clf.predict_proba(X))
 
 
 def test_every_fit_starts_from_a_fresh_head_and_is_reproducible(digits):
