@@ -33,14 +33,18 @@ def representation_size(encoder: nn.Module, representation: Representation, batc
         try:
             output = call_encoder(encoder, batch)
         except Exception as exc:
-            given = (
-                "keyword arguments " + ", ".join(map(repr, batch))
-                if isinstance(batch, Mapping)
-                else f"a {batch.dtype} tensor of shape {tuple(batch.shape)}"
-            )
+            if isinstance(batch, Mapping):
+                given, hint = "keyword arguments " + ", ".join(map(repr, batch)), ""
+            else:
+                given = f"a {batch.dtype} tensor of shape {tuple(batch.shape)}"
+                hint = (
+                    "" if batch.is_floating_point() else
+                    " (integer X is passed as it is, for token ids; if the encoder "
+                    "expects floats, pass X.astype('float32'))"
+                )
             raise ValueError(
                 f"The encoder failed on the first samples of X, passed as {given}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}{hint}"
             ) from exc
         return representation(output).shape[1]
 

@@ -136,3 +136,9 @@ def test_an_encoder_that_cannot_take_X_is_reported_with_the_input_it_got():
     clf = FoundationClassifier(nn.Linear(5, 2), max_epochs=1)
     with pytest.raises(ValueError, match=r"failed on the first samples of X.*shape \(2, 3\)"):
         clf.fit(np.zeros((10, 3)), np.arange(10) % 2)
+
+
+def test_integer_X_for_a_float_encoder_gets_a_hint():
+    clf = FoundationClassifier(nn.Conv2d(1, 4, 3), max_epochs=1)
+    with pytest.raises(ValueError, match=r"int64 tensor.*pass X.astype\('float32'\)"):
+        clf.fit(np.ones((10, 1, 8, 8), dtype=np.int64), np.arange(10) % 2)
