@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from math import ceil
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Subset
 
 from ._device import resolve_device
 from ._encoder import preserved_modes, prepare_encoder
@@ -230,8 +233,15 @@ class FoundationEstimator(BaseEstimator):
     def _validate_X(self, X: Any, *, reset: bool) -> ModelInput:
         return validate_X(self, X, reset=reset, for_mlp=self.encoder is None)
 
-    def _split(self, X: ModelInput, y: np.ndarray, rng: np.random.RandomState) -> tuple:
-        """Return ``(X_train, y_train, validation)``; validation is ``(X, y)`` or None."""
+    def _train_split(
+        self, X: ModelInput, y: np.ndarray, rng: np.random.RandomState
+    ) -> tuple[Callable | None, int]:
+        """skorch's ``train_split`` for ``val_split``, and the number of training samples.
+
+        A held-out fraction is taken as index subsets of one dataset, as
+        skorch's own ``ValidSplit`` does, so X is never copied for the split.
+        """
+        n = n_samples(X)
         if isinstance(self.val_split, tuple):
             if len(self.val_split) != 2:
                 raise ValueError(
@@ -241,20 +251,19 @@ class FoundationEstimator(BaseEstimator):
             X_val = self._validate_X(self.val_split[0], reset=False)
             y_val = self._transform_y(self.val_split[1])
             _check_lengths(X_val, y_val, "X_val", "y_val")
-            return X, y, (X_val, y_val)
+            return predefined_split(Dataset(X_val, y_val)), n
         if not self.val_split:
-            return X, y, None
-        n = n_samples(X)
+            return None, n
         n_val = ceil(self.val_split * n)
         if n - n_val < 1:
             raise ValueError(
                 f"val_split={self.val_split} leaves no sample to train on: X has {n} "
                 f"sample(s). Pass more data or val_split=0."
             )
-        train, val = train_test_split(
+        train, valid = train_test_split(
             np.arange(n), test_size=n_val, stratify=self._stratify(y, n_val), random_state=rng
         )
-        return multi_indexing(X, train), y[train], (multi_indexing(X, val), y[val])
+        return partial(_index_split, train=train, valid=valid), len(train)
 
     def _build_module(self, X: ModelInput, device: torch.device) -> FoundationModule:
         frozen = self._is_frozen()
@@ -276,9 +285,12 @@ class FoundationEstimator(BaseEstimator):
         return FoundationModule(encoder, representation, head, frozen=frozen)
 
     def _build_net(
-        self, module: FoundationModule, n_train: int, validation: tuple | None, device: torch.device
+        self,
+        module: FoundationModule,
+        train_split: Callable | None,
+        n_train: int,
+        device: torch.device,
     ) -> Any:
-        train_split = None if validation is None else predefined_split(Dataset(*validation))
         return self._net_class(
             module=module,
             criterion=self._criterion,
@@ -321,7 +333,7 @@ class FoundationEstimator(BaseEstimator):
         y = self._validate_y(y)
         _check_lengths(X, y, "X", "y")
         rng = check_random_state(self.random_state)
-        X_train, y_train, validation = self._split(X, y, rng)
+        train_split, n_train = self._train_split(X, y, rng)
         device = resolve_device(self.device)
         user_encoder = (
             contextlib.nullcontext() if self.encoder is None else preserved_modes(self.encoder)
@@ -329,9 +341,9 @@ class FoundationEstimator(BaseEstimator):
         rng_devices = [device.index] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=rng_devices), user_encoder:
             torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
-            module = self._build_module(X_train, device)
-            net = self._build_net(module, n_samples(X_train), validation, device)
-            net.fit(X_train, y_train)
+            module = self._build_module(X, device)
+            net = self._build_net(module, train_split, n_train, device)
+            net.fit(X, y)
             module.eval()
         self.net_ = net
         self.encoder_ = module.encoder
@@ -371,6 +383,13 @@ class FoundationEstimator(BaseEstimator):
         tags.input_tags.three_d_array = True
         tags.input_tags.dict = True
         return tags
+
+
+def _index_split(
+    dataset: TorchDataset, y: Any = None, groups: Any = None, *, train: np.ndarray, valid: np.ndarray
+) -> tuple[Subset, Subset]:
+    """A skorch ``train_split``: fixed training and validation rows of the dataset."""
+    return Subset(dataset, train), Subset(dataset, valid)
 
 
 def _check_lengths(X: ModelInput, y: np.ndarray, x_name: str, y_name: str) -> None:
