@@ -3,8 +3,9 @@
 >>> from sklearn_finetune import FoundationClassifier, FoundationRegressor
 """
 
+from ._cache import FeatureCache
 from ._classifier import FoundationClassifier
 from ._regressor import FoundationRegressor
 
-__all__ = ["FoundationClassifier", "FoundationRegressor"]
+__all__ = ["FeatureCache", "FoundationClassifier", "FoundationRegressor"]
 __version__ = "0.1.0"

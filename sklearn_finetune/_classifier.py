@@ -36,8 +36,9 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     classes_ : ndarray of shape (n_classes,)
         The class labels, sorted.
     net_ : skorch.NeuralNetClassifier
-        The trained skorch net; ``net_.module_`` is the ``FoundationModule``
-        (encoder, representation, head).
+        The skorch net that trained: its ``module_`` is ``module_`` when the
+        backbone trains, and ``module_.head`` (fed cached features) when it
+        is frozen.
     history_ : skorch.History
         One row per epoch with ``train_loss``, and with a validation set
         ``valid_loss`` and ``valid_acc``; e.g. ``history_[:, "valid_acc"]``.

@@ -20,6 +20,27 @@ def call_encoder(encoder: nn.Module, X: Any) -> Any:
     return encoder(X)
 
 
+@contextlib.contextmanager
+def explained_failure(batch: Any) -> Iterator[None]:
+    """Re-raise an encoder's failure on ``batch`` as a ValueError saying what it was given."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(batch, Mapping):
+            given, hint = "keyword arguments " + ", ".join(map(repr, batch)), ""
+        else:
+            given = f"a {batch.dtype} tensor of shape {tuple(batch.shape)}"
+            hint = (
+                "" if batch.is_floating_point() else
+                " (integer X is passed as it is, for token ids; if the encoder "
+                "expects floats, pass X.astype('float32'))"
+            )
+        raise ValueError(
+            f"The encoder failed on samples of X passed as {given}: "
+            f"{type(exc).__name__}: {exc}{hint}"
+        ) from exc
+
+
 def representation_size(encoder: nn.Module, representation: Representation, batch: Any) -> int:
     """Run the encoder once on a small batch and return the representation's width.
 
@@ -30,22 +51,8 @@ def representation_size(encoder: nn.Module, representation: Representation, batc
     """
     with torch.no_grad(), preserved_modes(encoder):
         encoder.eval()
-        try:
+        with explained_failure(batch):
             output = call_encoder(encoder, batch)
-        except Exception as exc:
-            if isinstance(batch, Mapping):
-                given, hint = "keyword arguments " + ", ".join(map(repr, batch)), ""
-            else:
-                given = f"a {batch.dtype} tensor of shape {tuple(batch.shape)}"
-                hint = (
-                    "" if batch.is_floating_point() else
-                    " (integer X is passed as it is, for token ids; if the encoder "
-                    "expects floats, pass X.astype('float32'))"
-                )
-            raise ValueError(
-                f"The encoder failed on the first samples of X, passed as {given}: "
-                f"{type(exc).__name__}: {exc}{hint}"
-            ) from exc
         return representation(output).shape[1]
 
 

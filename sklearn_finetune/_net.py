@@ -7,12 +7,19 @@ from collections.abc import Iterator
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from torch import nn
 
+from ._module import FoundationModule
+
 
 class _TrainableParamsMixin:
-    """Offer the optimizer only what should train (see ``FoundationModule``)."""
+    """Offer the optimizer only what should train (see ``FoundationModule``).
+
+    A net that trains a head alone, on cached features, offers all of it.
+    """
 
     def get_all_learnable_params(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return self.module_.trainable_named_parameters()
+        if isinstance(self.module_, FoundationModule):
+            return self.module_.trainable_named_parameters()
+        return super().get_all_learnable_params()
 
 
 class ClassifierNet(_TrainableParamsMixin, NeuralNetClassifier):

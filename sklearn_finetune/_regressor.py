@@ -36,8 +36,9 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
         Mean and standard deviation of each target in the training data (a
         constant target gets scale 1).
     net_ : skorch.NeuralNetRegressor
-        The trained skorch net; ``net_.module_`` is the ``FoundationModule``
-        (encoder, representation, head).
+        The skorch net that trained: its ``module_`` is ``module_`` when the
+        backbone trains, and ``module_.head`` (fed cached features) when it
+        is frozen.
     history_ : skorch.History
         One row per epoch with ``train_loss``, and with a validation set
         ``valid_loss`` (on standardised targets) and ``valid_r2``.

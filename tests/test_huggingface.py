@@ -50,7 +50,7 @@ def test_bert_output_object_and_dict_input(tiny_bert, tokens, output_key, expect
     batch = {key: torch.as_tensor(value[:4]) for key, value in X.items()}
     with torch.no_grad():
         reference = expected(tiny_bert.eval()(**batch))
-        torch.testing.assert_close(clf.net_.module_.embed(**batch), reference)
+        torch.testing.assert_close(clf.module_.embed(**batch), reference)
 
 
 def test_bert_fine_tuning_trains_a_copy(tiny_bert, tokens):

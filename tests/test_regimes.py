@@ -71,7 +71,7 @@ def test_optimizer_has_backbone_and_head_groups_at_their_rates(digits):
         BatchNormEncoder(), freeze_backbone=False, lr=2e-3, backbone_lr_mult=0.05,
         weight_decay=0.01, max_epochs=1, random_state=0,
     ).fit(X, y)
-    module = clf.net_.module_
+    module = clf.module_
     groups = clf.net_.optimizer_.param_groups
     assert isinstance(clf.net_.optimizer_, torch.optim.AdamW)
     assert [group["lr"] for group in groups] == pytest.approx([2e-3 * 0.05, 2e-3])
@@ -87,7 +87,7 @@ def test_frozen_backbone_is_not_in_the_optimizer(digits):
     groups = clf.net_.optimizer_.param_groups
     assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(5e-3)
     assert {id(p) for p in groups[0]["params"]} == {
-        id(p) for p in clf.net_.module_.head.parameters()
+        id(p) for p in clf.module_.head.parameters()
     }
 
 
@@ -106,12 +106,12 @@ def test_parameters_without_requires_grad_stay_fixed_when_fine_tuning(digits):
 def test_freeze_auto_trains_the_built_in_backbone_and_freezes_a_given_one(digits):
     X, y = digits
     scratch = FoundationClassifier(max_epochs=1, random_state=0).fit(X, y)
-    assert not scratch.net_.module_.frozen
+    assert not scratch.module_.frozen
     assert len(scratch.net_.optimizer_.param_groups) == 2
     given = FoundationClassifier(BatchNormEncoder(), max_epochs=1, random_state=0).fit(X, y)
-    assert given.net_.module_.frozen
+    assert given.module_.frozen
     random_features = FoundationClassifier(freeze_backbone=True, max_epochs=1).fit(X, y)
-    assert random_features.net_.module_.frozen
+    assert random_features.module_.frozen
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
@@ -120,8 +120,8 @@ def test_heads(digits, head):
     clf = FoundationClassifier(
         BatchNormEncoder(), head=head, hidden_dims=(12, 8), dropout=0.25, max_epochs=1
     ).fit(X, y)
-    layers = [m for m in clf.net_.module_.head.modules() if isinstance(m, nn.Linear)]
-    dropouts = [m for m in clf.net_.module_.head.modules() if isinstance(m, nn.Dropout)]
+    layers = [m for m in clf.module_.head.modules() if isinstance(m, nn.Linear)]
+    dropouts = [m for m in clf.module_.head.modules() if isinstance(m, nn.Dropout)]
     if head == "linear":
         assert [(m.in_features, m.out_features) for m in layers] == [(16, 10)]
         assert not dropouts

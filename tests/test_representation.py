@@ -98,7 +98,7 @@ def test_representation_size_is_found_by_running_the_encoder(encoder, X_shape, p
     X = rng.normal(size=X_shape).astype(np.float32)
     y = np.arange(len(X)) % 2
     clf = FoundationClassifier(encoder, pooling=pooling, max_epochs=1).fit(X, y)
-    assert clf.net_.module_.head.in_features == width
+    assert clf.module_.head.in_features == width
     assert clf.predict_proba(X).shape == (40, 2)
 
 
@@ -120,7 +120,7 @@ def test_output_key_picks_the_representation():
     X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
     for key, width in [("small", 2), ("large", 5)]:
         clf = FoundationClassifier(TwoOutputEncoder(), output_key=key, max_epochs=1).fit(X, y)
-        assert clf.net_.module_.head.in_features == width
+        assert clf.module_.head.in_features == width
     with pytest.raises(ValueError, match="none of which is a default representation key"):
         FoundationClassifier(TwoOutputEncoder(), max_epochs=1).fit(X, y)
 
@@ -134,7 +134,7 @@ def test_an_encoder_output_that_is_not_a_tensor_fails_before_training():
 
 def test_an_encoder_that_cannot_take_X_is_reported_with_the_input_it_got():
     clf = FoundationClassifier(nn.Linear(5, 2), max_epochs=1)
-    with pytest.raises(ValueError, match=r"failed on the first samples of X.*shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"failed on samples of X.*shape \(\d+, 3\)"):
         clf.fit(np.zeros((10, 3)), np.arange(10) % 2)
 
 

@@ -1,0 +1,81 @@
+"""The embed-once step of a frozen backbone: X -> (n_samples, width) features, through the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skorch.utils import multi_indexing, to_tensor
+from torch import nn
+
+from ._cache import FeatureCache
+from ._encoder import preserved_modes, prepare_encoder
+from ._fingerprint import encoder_fingerprint, row_digests
+from ._module import call_encoder, explained_failure
+from ._representation import Representation
+from ._validation import ModelInput, n_samples
+
+
+def encode(
+    encoder: nn.Module,
+    representation: Representation,
+    X: ModelInput,
+    *,
+    device: torch.device,
+    batch_size: int,
+) -> np.ndarray:
+    """Run a frozen encoder over X once: eval mode, inference mode, in batches.
+
+    The encoder is used where it is when it already lives on ``device``, and
+    a copy is moved there otherwise; its train/eval flags are restored.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, width), float32
+    """
+    encoder = prepare_encoder(encoder, trainable=False, device=device)
+    chunks = []
+    with torch.inference_mode(), preserved_modes(encoder):
+        encoder.eval()
+        for start in range(0, n_samples(X), batch_size):
+            batch = to_tensor(multi_indexing(X, slice(start, start + batch_size)), device)
+            with explained_failure(batch):
+                output = call_encoder(encoder, batch)
+            chunks.append(representation(output).float().cpu().numpy())
+    return np.concatenate(chunks)
+
+
+def embed(
+    encoder: nn.Module,
+    representation: Representation,
+    X: ModelInput,
+    *,
+    device: torch.device,
+    batch_size: int,
+    cache: FeatureCache | None,
+) -> np.ndarray:
+    """The features of X under a frozen encoder, encoding only what ``cache`` lacks.
+
+    The encoder's weights are hashed once per call and each sample once, so
+    that clones, folds and repeated predictions share what was computed.
+    Without a cache, X is encoded once, in full.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, width), float32
+    """
+    if cache is None:
+        return encode(encoder, representation, X, device=device, batch_size=batch_size)
+    key = encoder_fingerprint(
+        encoder, output_key=representation.output_key, pooling=representation.pooling, device=device
+    )
+    return cache.fetch(
+        key,
+        row_digests(X),
+        lambda positions: encode(
+            encoder,
+            representation,
+            multi_indexing(X, positions),
+            device=device,
+            batch_size=batch_size,
+        ),
+    )
