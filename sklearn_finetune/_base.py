@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Subset
 
-from ._batches import TensorBatches
+from ._batches import feature_batches
 from ._cache import FeatureCache
 from ._device import resolve_device
 from ._embedding import embed
@@ -268,7 +268,7 @@ class FoundationEstimator(BaseEstimator):
         if isinstance(self.cache, FeatureCache):
             return self.cache
         if isinstance(self.cache, (str, os.PathLike)):
-            return FeatureCache.at(self.cache)
+            return FeatureCache.at(self.cache)  # refuses a path that is not a directory
         return FeatureCache.default() if self.cache else None
 
     def _split(
@@ -326,15 +326,15 @@ class FoundationEstimator(BaseEstimator):
         )
 
     def _embed(
-        self, encoder: nn.Module, representation: Representation, X: ModelInput, device: torch.device
+        self,
+        encoder: nn.Module,
+        representation: Representation,
+        X: ModelInput,
+        device: torch.device,
+        cache: FeatureCache | None,
     ) -> torch.Tensor:
         features = embed(
-            encoder,
-            representation,
-            X,
-            device=device,
-            batch_size=self.batch_size,
-            cache=self._feature_cache(),
+            encoder, representation, X, device=device, batch_size=self.batch_size, cache=cache
         )
         return torch.as_tensor(features, device=device)
 
@@ -342,13 +342,18 @@ class FoundationEstimator(BaseEstimator):
         self, X: ModelInput, y: np.ndarray, train: Any, valid: Any, device: torch.device
     ) -> tuple[FoundationModule, Any]:
         """Frozen backbone: encode X once (through the cache), then train the head on the features."""
-        encoder = self.encoder if self.encoder is not None else mlp_backbone(self.input_shape_).to(device)
+        if self.encoder is None:
+            encoder = mlp_backbone(self.input_shape_).to(device)
+        else:
+            encoder = self.encoder
         representation = Representation(self.output_key, self.pooling)
-        features = self._embed(encoder, representation, X, device)
+        cache = self._feature_cache()
+        features = self._embed(encoder, representation, X, device, cache)
         targets = torch.as_tensor(y, device=device)
         valid_data = None
         if isinstance(valid, tuple):
-            valid_data = (self._embed(encoder, representation, valid[0], device), valid[1])
+            X_val = self._embed(encoder, representation, valid[0], device, cache)
+            valid_data = (X_val, valid[1])
         elif valid is not None:
             valid_data = (features[valid], targets[valid])
             features, targets = features[train], targets[train]
@@ -360,8 +365,8 @@ class FoundationEstimator(BaseEstimator):
             train_split=None if valid_data is None else predefined_split(
                 Dataset(valid_data[0], torch.as_tensor(valid_data[1], device=device))
             ),
-            iterator_train=TensorBatches,
-            iterator_valid=TensorBatches,
+            iterator_train=feature_batches,
+            iterator_valid=feature_batches,
             iterator_valid__batch_size=FEATURE_BATCH_SIZE,
         )
         net.fit(features, targets)
@@ -427,6 +432,7 @@ class FoundationEstimator(BaseEstimator):
         y = self._validate_y(y)
         _check_lengths(X, y, "X", "y")
         rng = check_random_state(self.random_state)
+        self._feature_cache()  # a bad cache path fails here, before any encoding
         train, valid = self._split(X, y, rng)
         device = resolve_device(self.device)
         user_encoder = (
@@ -452,7 +458,9 @@ class FoundationEstimator(BaseEstimator):
         check_is_fitted(self, "net_")
         X = self._validate_X(X, reset=False)
         if self.module_.frozen:
-            features = self._embed(self.encoder_, self.module_.representation, X, self.device_)
+            features = self._embed(
+                self.encoder_, self.module_.representation, X, self.device_, self._feature_cache()
+            )
             return getattr(self.net_, method)(features)
         with preserved_modes(self.encoder_):
             return getattr(self.net_, method)(X)

@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 
 import torch
 from skorch.dataset import Dataset
-from torch.utils.data import BatchSampler, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset as TorchDataset
 
 
-class TensorBatches:
-    """A ``DataLoader`` stand-in for skorch's ``iterator_train``/``iterator_valid``.
+class _Rows(TorchDataset):
+    """Tensors X and y (or None) indexed a whole batch of rows at a time."""
 
-    A ``DataLoader`` fetches and collates sample by sample; once the frozen
-    backbone's features are one tensor on the device, a batch is one
-    indexing operation instead. Batches are drawn in the order a
-    ``DataLoader(dataset, batch_size, shuffle, drop_last)`` would draw them
-    (the same ``RandomSampler``, seeded from torch's global generator), so
-    the head trains exactly as it would on per-sample loading.
+    def __init__(self, X: torch.Tensor, y: torch.Tensor | None) -> None:
+        self.X = X
+        self.y = y
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        index = torch.as_tensor(rows, device=self.X.device)
+        return self.X[index], None if self.y is None else self.y[index]
+
+
+def feature_batches(
+    dataset: Dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False
+) -> DataLoader:
+    """A loader that takes each batch of in-memory features in one indexing operation.
+
+    skorch's default ``DataLoader`` fetches sample by sample and stacks them;
+    once a frozen backbone's features are one tensor on the device, a batch
+    is one ``X[indices]`` instead (skorch's own dataset indexing is bypassed
+    too: its per-batch checks cost more than the head's step). The batches, and the random numbers drawn
+    to shuffle them, are those of ``DataLoader(dataset, batch_size, shuffle,
+    drop_last)``, so the head trains exactly as it would with per-sample
+    loading. Pass it as skorch's ``iterator_train`` / ``iterator_valid``.
 
     Parameters
     ----------
     dataset : skorch.dataset.Dataset
-        Holds ``X`` (a tensor) and ``y`` (a tensor or None), as skorch builds
-        it from ``net.fit(X, y)``.
+        Holds ``X`` and ``y`` as tensors (``y`` may be None), as skorch
+        builds it from ``net.fit(X, y)``.
     batch_size : int
         Samples per batch.
     shuffle : bool, default=False
@@ -31,38 +50,19 @@ class TensorBatches:
     drop_last : bool, default=False
         Drop the last batch when it is smaller than ``batch_size``.
 
+    Returns
+    -------
+    torch.utils.data.DataLoader
+
     Examples
     --------
     >>> import torch
     >>> from skorch.dataset import Dataset
-    >>> from sklearn_finetune._batches import TensorBatches
-    >>> batches = TensorBatches(Dataset(torch.zeros(5, 3), torch.arange(5)), batch_size=2)
+    >>> from sklearn_finetune._batches import feature_batches
+    >>> batches = feature_batches(Dataset(torch.zeros(5, 3), torch.arange(5)), batch_size=2)
     >>> [tuple(X.shape) for X, y in batches]
     [(2, 3), (2, 3), (1, 3)]
     """
-
-    def __init__(
-        self, dataset: Dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False
-    ) -> None:
-        if not isinstance(dataset.X, torch.Tensor):
-            raise TypeError(f"TensorBatches needs a tensor X; got {type(dataset.X).__name__}.")
-        self.X = dataset.X
-        self.y = dataset.y
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-
-    def __len__(self) -> int:
-        n = len(self.X)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        if not self.shuffle:
-            for start in range(0, len(self) * self.batch_size, self.batch_size):
-                stop = start + self.batch_size
-                yield self.X[start:stop], None if self.y is None else self.y[start:stop]
-            return
-        batches = BatchSampler(RandomSampler(range(len(self.X))), self.batch_size, self.drop_last)
-        for indices in batches:
-            index = torch.as_tensor(indices, device=self.X.device)
-            yield self.X[index], None if self.y is None else self.y[index]
+    rows = _Rows(torch.as_tensor(dataset.X), dataset.y)
+    order = RandomSampler(rows) if shuffle else SequentialSampler(rows)
+    return DataLoader(rows, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last))

@@ -19,6 +19,11 @@ import numpy as np
 #: Default bound on the bytes of features held in memory: 1 GiB.
 DEFAULT_MAX_BYTES = 2**30
 
+#: A block file: the samples' digests then their features, as two ``.npy``
+#: arrays back to back (a byte-for-byte deterministic format, so two
+#: processes that compute the same block write the same file name).
+SUFFIX = ".features"
+
 
 @dataclass
 class _Block:
@@ -43,8 +48,8 @@ class FeatureCache:
     Parameters
     ----------
     directory : str or path-like or None, default=None
-        Also keep the features on disk under this directory, one
-        subdirectory per encoder key, so that joblib workers (``n_jobs > 1``)
+        Also keep the features on disk under this directory (created if
+        needed), one subdirectory per encoder key, so that joblib workers (``n_jobs > 1``)
         and later processes share them. Files are written atomically (a
         temporary file renamed into place) and named by the SHA-256 of their
         content; a file whose content does not match its name is deleted and
@@ -78,8 +83,10 @@ class FeatureCache:
     _default: ClassVar[FeatureCache | None] = None
     _for_directory: ClassVar[dict[str, FeatureCache]] = {}
 
-    def __init__(self, directory: str | os.PathLike | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.directory = None if directory is None else Path(directory)
+    def __init__(
+        self, directory: str | os.PathLike | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        self.directory = None if directory is None else _checked_directory(directory)
         self.max_bytes = max_bytes
         self._start_empty()
 
@@ -107,7 +114,7 @@ class FeatureCache:
         Every estimator given the same directory shares one in-memory layer
         in front of it.
         """
-        path = os.path.abspath(directory)
+        path = str(_checked_directory(directory).absolute())
         if path not in cls._for_directory:
             cls._for_directory[path] = cls(path)
         return cls._for_directory[path]
@@ -174,7 +181,7 @@ class FeatureCache:
     def clear(self) -> None:
         """Forget everything: the memory layer, the counters and the files under ``directory``."""
         if self.directory is not None and self.directory.exists():
-            for file in self.directory.glob("*/*.npz"):
+            for file in self.directory.glob(f"*/*{SUFFIX}"):
                 file.unlink(missing_ok=True)
         with self._lock:
             self._start_empty()
@@ -219,7 +226,7 @@ class FeatureCache:
         folder = self.directory / key
         if not folder.is_dir():
             return
-        for file in sorted(folder.glob("*.npz")):
+        for file in sorted(folder.glob(f"*{SUFFIX}")):
             with self._lock:
                 if file in self._files:
                     continue
@@ -232,12 +239,12 @@ class FeatureCache:
     def _write(self, key: str, digests: list[bytes], features: np.ndarray) -> Path:
         """Write one block atomically, named by the hash of its bytes."""
         buffer = io.BytesIO()
-        packed = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1)
-        np.savez(buffer, digests=packed, features=features)
+        np.save(buffer, np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1))
+        np.save(buffer, features)
         data = buffer.getvalue()
         folder = self.directory / key
         folder.mkdir(parents=True, exist_ok=True)
-        file = folder / f"{hashlib.sha256(data).hexdigest()}.npz"
+        file = folder / f"{hashlib.sha256(data).hexdigest()}{SUFFIX}"
         if not file.exists():
             temporary = folder / f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
             with open(temporary, "wb") as handle:
@@ -262,6 +269,14 @@ class FeatureCache:
         return f"FeatureCache({where}max_bytes={self.max_bytes})"
 
 
+def _checked_directory(directory: str | os.PathLike) -> Path:
+    if not os.fspath(directory) or os.path.isfile(directory):
+        raise ValueError(
+            f"The feature cache directory must be a directory path; got {os.fspath(directory)!r}."
+        )
+    return Path(directory)
+
+
 def _read_block(key: str, file: Path) -> _Block | None:
     """A block read from disk, or None (and the file deleted) if it is damaged."""
     try:
@@ -271,9 +286,9 @@ def _read_block(key: str, file: Path) -> _Block | None:
     try:
         if hashlib.sha256(data).hexdigest() != file.stem:
             raise ValueError("content does not match its hash")
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            digests = [digest.tobytes() for digest in arrays["digests"]]
-            features = arrays["features"]
+        stream = io.BytesIO(data)
+        digests = [digest.tobytes() for digest in np.load(stream, allow_pickle=False)]
+        features = np.load(stream, allow_pickle=False)
         if features.ndim != 2 or len(features) != len(digests):
             raise ValueError(f"{len(digests)} digests for features of shape {features.shape}")
     except Exception as exc:  # any damage means: recompute, never return it

@@ -23,16 +23,24 @@ class BatchNormEncoder(nn.Module):
 
 
 class CountingEncoder(nn.Module):
-    """Wraps an encoder and counts the samples it sees and the modes it ran in."""
+    """Wraps an encoder and counts the samples it sees and the modes it ran in.
+
+    The record is kept in containers, not plain int attributes, which the
+    feature cache would read as hyperparameters of the encoder.
+    """
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
-        self.samples_seen = 0
+        self.batch_sizes: list[int] = []
         self.modes_seen: set[bool] = set()
 
+    @property
+    def samples_seen(self) -> int:
+        return sum(self.batch_sizes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.samples_seen += len(x)
+        self.batch_sizes.append(len(x))
         self.modes_seen.add(self.inner.training)
         return self.inner(x)
 
