@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from torch import nn
 
 from conftest import CountingEncoder
 from sklearn_finetune import FeatureCache, FoundationClassifier, FoundationRegressor
-from sklearn_finetune._fingerprint import encoder_fingerprint
+from sklearn_finetune._fingerprint import encoder_fingerprint, row_digests
 
 
 def counting_encoder(seed: int = 0) -> CountingEncoder:
@@ -190,18 +192,32 @@ def test_a_damaged_file_is_detected_deleted_and_recomputed(digits, tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys
+    import time
+    import warnings
+
     import numpy as np
     import torch
     from torch import nn
-    from sklearn_finetune import FeatureCache, FoundationClassifier
+    from sklearn_finetune import FeatureCache
+    from sklearn_finetune._embedding import embed
+    from sklearn_finetune._representation import Representation
 
-    X = np.random.default_rng(0).normal(size=(3000, 64)).astype("float32")
-    y = np.arange(3000) % 3
+    warnings.simplefilter("error")  # a damaged file seen by a writer fails it
+    directory, writer, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    X = np.random.default_rng(0).normal(size=(4000, 64)).astype("float32")
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 32))
-    clf = FoundationClassifier(encoder, max_epochs=1, cache=FeatureCache(sys.argv[1]))
-    clf.fit(X, y)
-    np.save(sys.argv[2], clf.predict_proba(X[:5]))
+    rng = np.random.default_rng(writer)
+    while time.time() < start:
+        time.sleep(0.01)
+    blocks = 0
+    while time.time() < start + 2 or blocks < 20:
+        rows = np.sort(rng.choice(len(X), size=200, replace=False))
+        cache = FeatureCache(directory)  # a fresh memory layer: read all that is on disk
+        embed(encoder, Representation(), X[rows], device=torch.device("cpu"),
+              batch_size=64, cache=cache)
+        blocks += 1
+    print(blocks)
     """
 )
 
@@ -210,30 +226,50 @@ def test_two_processes_writing_one_directory_leave_it_valid(tmp_path):
     cache_dir = tmp_path / "cache"
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
+    start = str(time.time() + 5)  # both start together, after importing torch
     writers = [
-        subprocess.Popen([sys.executable, str(script), str(cache_dir), str(tmp_path / f"{i}.npy")])
+        subprocess.Popen(
+            [sys.executable, str(script), str(cache_dir), str(i), start],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
         for i in range(2)
     ]
-    assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    results = [writer.communicate(timeout=120) for writer in writers]
+    assert [writer.returncode for writer in writers] == [0, 0], results
     files = list(cache_dir.glob("*/*.features"))
-    assert files and not list(cache_dir.glob("*/*.tmp"))
-    reader = FeatureCache(cache_dir)
-    key = files[0].parent.name
-
-    def must_not_encode(positions):
-        raise AssertionError(f"{len(positions)} samples were missing from the cache")
+    assert len(files) > 20 and not list(cache_dir.glob("*/.*"))  # no temporary file left
+    for file in files:
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == file.stem
 
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 32))
-    X = np.random.default_rng(0).normal(size=(3000, 64)).astype("float32")
-    from sklearn_finetune._fingerprint import row_digests
-
-    cached = reader.fetch(key, row_digests(X), must_not_encode)
-    with torch.no_grad():
-        np.testing.assert_allclose(cached, encoder(torch.as_tensor(X)).numpy(), atol=1e-5)
-    assert encoder_fingerprint(
+    X = np.random.default_rng(0).normal(size=(4000, 64)).astype("float32")
+    (key,) = {file.parent.name for file in files}
+    assert key == encoder_fingerprint(
         encoder, output_key=None, pooling="mean", device=torch.device("cpu")
-    ) == key
+    )
+    reader = FeatureCache(cache_dir)
+    with torch.no_grad():
+        expected = encoder(torch.as_tensor(X)).numpy()
+        features = reader.fetch(key, row_digests(X), lambda rows: expected[rows])
+    assert reader.hits > 1000  # what the writers left is read back...
+    np.testing.assert_allclose(features, expected, atol=1e-5)  # ...and is what the encoder gives
+
+
+def test_inference_batch_size_sets_the_encoding_batches(digits):
+    X, y = digits
+    encoder = counting_encoder()
+    FoundationClassifier(encoder, max_epochs=1, cache=False, inference_batch_size=150).fit(X, y)
+    assert encoder.batch_sizes == [150, 150, 100]
+    encoder.batch_sizes.clear()
+    FoundationClassifier(encoder, max_epochs=1, cache=False, batch_size=100).fit(X, y)
+    assert encoder.batch_sizes == [100] * 4
+    tuned = FoundationClassifier(
+        encoder, freeze_backbone=False, max_epochs=1, val_split=0, inference_batch_size=300
+    ).fit(X, y)
+    tuned.encoder_.batch_sizes.clear()
+    tuned.predict_proba(X)
+    assert tuned.encoder_.batch_sizes == [300, 100]
 
 
 def test_cache_false_keeps_nothing_between_fits(digits):
