@@ -35,6 +35,11 @@ from ._module import FoundationModule, representation_size
 from ._representation import POOLINGS, Pooling, Representation
 from ._validation import ModelInput, n_samples, validate_X
 
+SOLVERS = ("adamw", "lbfgs")
+
+#: L-BFGS iterations per epoch with ``solver="lbfgs"`` (torch's default ``max_iter``).
+LBFGS_ITERATIONS = 20
+
 #: Batch size for running the head on cached features at validation and
 #: prediction: large enough that per-batch overhead vanishes, small enough to
 #: bound an MLP head's activations.
@@ -74,6 +79,18 @@ SHARED_PARAMETERS = """\
     dropout : float, default=0.0
         Dropout after each hidden layer of the MLP head, in [0, 1).
 
+    solver : {"adamw", "lbfgs"}, default="adamw"
+        ``"adamw"``: mini-batch AdamW, at ``lr`` for the head and ``lr *
+        backbone_lr_mult`` for a trained backbone, in batches of
+        ``batch_size``, with decoupled ``weight_decay``. ``"lbfgs"``, for a
+        frozen backbone only: full-batch L-BFGS with a strong-Wolfe line
+        search on all the cached features at once, the exact solver
+        ``LogisticRegression`` uses; each epoch is one L-BFGS step of up to
+        20 iterations, ``weight_decay`` is an L2 penalty ``weight_decay / 2 *
+        ||W||^2`` on the head's weight matrices added to the mean loss
+        (``LogisticRegression``'s ``C`` is ``1 / (weight_decay *
+        n_train)``), and ``lr`` and ``batch_size`` do not apply.
+
     lr : float, default=1e-3
         Learning rate of the head (AdamW).
 
@@ -84,7 +101,8 @@ SHARED_PARAMETERS = """\
         parameters whose ``requires_grad`` is False stay fixed.
 
     weight_decay : float, default=0.0
-        AdamW's decoupled weight decay, for both groups.
+        AdamW's decoupled weight decay, for both groups; with
+        ``solver="lbfgs"``, the strength of an L2 penalty (see ``solver``).
 
     max_epochs : int, default=30
         Number of passes over the training data.
@@ -184,6 +202,7 @@ class FoundationEstimator(BaseEstimator):
         "head": [StrOptions(set(HEADS))],
         "hidden_dims": ["array-like"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "solver": [StrOptions(set(SOLVERS))],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_mult": [Interval(Real, 0, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -211,6 +230,7 @@ class FoundationEstimator(BaseEstimator):
         head: str = "linear",
         hidden_dims: Sequence[int] = (64, 32),
         dropout: float = 0.0,
+        solver: str = "adamw",
         lr: float = 1e-3,
         backbone_lr_mult: float = 0.1,
         weight_decay: float = 0.0,
@@ -230,6 +250,7 @@ class FoundationEstimator(BaseEstimator):
         self.head = head
         self.hidden_dims = hidden_dims
         self.dropout = dropout
+        self.solver = solver
         self.lr = lr
         self.backbone_lr_mult = backbone_lr_mult
         self.weight_decay = weight_decay
@@ -320,22 +341,38 @@ class FoundationEstimator(BaseEstimator):
             self.head, width, self._n_outputs(), hidden_dims=self.hidden_dims, dropout=self.dropout
         ).to(device)
 
+    def _optimizer_settings(self, n_train: int) -> dict[str, Any]:
+        """The skorch net settings that depend on ``solver``."""
+        if self.solver == "lbfgs":
+            return dict(
+                optimizer=torch.optim.LBFGS,
+                optimizer__lr=1.0,
+                optimizer__max_iter=LBFGS_ITERATIONS,
+                optimizer__line_search_fn="strong_wolfe",
+                l2_penalty=self.weight_decay,
+                batch_size=-1,  # skorch: the whole training set in one batch
+                iterator_train__shuffle=False,
+            )
+        return dict(
+            optimizer=torch.optim.AdamW,
+            lr=self.lr,
+            optimizer__weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            iterator_train__shuffle=True,
+            iterator_train__drop_last=n_train > 1 and n_train % self.batch_size == 1,
+        )
+
     def _build_net(self, module: nn.Module, n_train: int, device: torch.device, **kwargs: Any) -> Any:
         """The skorch net for ``module``; ``kwargs`` add to or override its settings."""
         settings = dict(
             module=module,
             criterion=self._criterion,
-            optimizer=torch.optim.AdamW,
-            lr=self.lr,
-            optimizer__weight_decay=self.weight_decay,
             max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
-            iterator_train__shuffle=True,
-            iterator_train__drop_last=n_train > 1 and n_train % self.batch_size == 1,
             iterator_valid__batch_size=self._inference_batch_size(),
             callbacks=self._callbacks(),
             device=device,
             verbose=self.verbose,
+            **self._optimizer_settings(n_train),
         )
         return self._net_class(**{**settings, **kwargs})
 
@@ -369,21 +406,19 @@ class FoundationEstimator(BaseEstimator):
         cache = self._feature_cache()
         features = self._embed(encoder, representation, X, device, cache)
         targets = torch.as_tensor(y, device=device)
-        valid_data = None
+        train_split = None
         if isinstance(valid, tuple):
             X_val = self._embed(encoder, representation, valid[0], device, cache)
-            valid_data = (X_val, valid[1])
+            train_split = predefined_split(Dataset(X_val, torch.as_tensor(valid[1], device=device)))
         elif valid is not None:
-            valid_data = (features[valid], targets[valid])
+            train_split = predefined_split(Dataset(features[valid], targets[valid]))
             features, targets = features[train], targets[train]
         head = self._build_head(features.shape[1], device)
         net = self._build_net(
             head,
             len(features),
             device,
-            train_split=None if valid_data is None else predefined_split(
-                Dataset(valid_data[0], torch.as_tensor(valid_data[1], device=device))
-            ),
+            train_split=train_split,
             iterator_train=feature_batches,
             iterator_valid=feature_batches,
             iterator_valid__batch_size=FEATURE_BATCH_SIZE,
@@ -450,6 +485,12 @@ class FoundationEstimator(BaseEstimator):
             )
         y = self._validate_y(y)
         _check_lengths(X, y, "X", "y")
+        if self.solver == "lbfgs" and not self._is_frozen():
+            raise ValueError(
+                "solver='lbfgs' trains the head on a frozen backbone's cached features in "
+                "one batch; it cannot train the backbone. Use freeze_backbone=True (with "
+                "an encoder, the default), or solver='adamw' to fine-tune."
+            )
         rng = check_random_state(self.random_state)
         self._feature_cache()  # a bad cache path fails here, before any encoding
         train, valid = self._split(X, y, rng)

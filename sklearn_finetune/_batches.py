@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
 
 import torch
 from skorch.dataset import Dataset
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data import Dataset as TorchDataset
 
 
 class _Rows(TorchDataset):
-    """Tensors X and y (or None) indexed a whole batch of rows at a time."""
+    """Tensors X and y (or None), indexed a whole batch of rows at a time."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor | None) -> None:
         self.X = X
@@ -20,9 +20,32 @@ class _Rows(TorchDataset):
     def __len__(self) -> int:
         return len(self.X)
 
-    def __getitem__(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        index = torch.as_tensor(rows, device=self.X.device)
-        return self.X[index], None if self.y is None else self.y[index]
+    def __getitem__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.X[rows], None if self.y is None else self.y[rows]
+
+
+class _IndexBatches(Sampler):
+    """``BatchSampler(order, batch_size, drop_last)``, yielding index tensors.
+
+    The order is drawn once per epoch, as ``BatchSampler`` draws it, and
+    turned into one tensor on the data's device, which is then sliced: no
+    per-batch list of ints to convert.
+    """
+
+    def __init__(self, order: Sampler, batch_size: int, drop_last: bool, device: torch.device) -> None:
+        self.order = order
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.device = device
+
+    def __len__(self) -> int:
+        n = len(self.order)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        index = torch.as_tensor(list(self.order), device=self.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield index[start : start + self.batch_size]
 
 
 def feature_batches(
@@ -33,10 +56,11 @@ def feature_batches(
     skorch's default ``DataLoader`` fetches sample by sample and stacks them;
     once a frozen backbone's features are one tensor on the device, a batch
     is one ``X[indices]`` instead (skorch's own dataset indexing is bypassed
-    too: its per-batch checks cost more than the head's step). The batches, and the random numbers drawn
-    to shuffle them, are those of ``DataLoader(dataset, batch_size, shuffle,
-    drop_last)``, so the head trains exactly as it would with per-sample
-    loading. Pass it as skorch's ``iterator_train`` / ``iterator_valid``.
+    too: its per-batch checks cost more than the head's step). The batches,
+    and the random numbers drawn to shuffle them, are those of
+    ``DataLoader(dataset, batch_size, shuffle, drop_last)``, so the head
+    trains exactly as it would with per-sample loading. Pass it as skorch's
+    ``iterator_train`` / ``iterator_valid``.
 
     Parameters
     ----------
@@ -65,4 +89,5 @@ def feature_batches(
     """
     rows = _Rows(torch.as_tensor(dataset.X), dataset.y)
     order = RandomSampler(rows) if shuffle else SequentialSampler(rows)
-    return DataLoader(rows, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last))
+    batches = _IndexBatches(order, batch_size, drop_last, rows.X.device)
+    return DataLoader(rows, batch_size=None, sampler=batches)

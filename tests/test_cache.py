@@ -301,3 +301,4 @@ def test_files_unrelated_to_the_cache_are_left_alone(tmp_path: Path):
     cache.fetch("key", [b"b" * 16], lambda positions: np.zeros((len(positions), 2)))
     cache.clear()
     assert other.read_text() == "mine" and not list(tmp_path.glob("*/*.features"))
+

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from conftest import BatchNormEncoder, CountingEncoder, assert_same_state, state_of
@@ -170,3 +171,42 @@ def test_regressor_fine_tunes_too(digits):
     reg.fit(X, target)
     assert_same_state(before, encoder)
     assert not torch.equal(reg.encoder_.layers[0].weight, encoder.layers[0].weight)
+
+
+@pytest.mark.parametrize("classes", [(0, 1), tuple(range(10))])
+def test_lbfgs_linear_probe_solves_logistic_regression(digits, classes):
+    """solver="lbfgs" on a frozen encoder is LogisticRegression on its features.
+
+    Softmax over two outputs splits the weight vector in halves, which
+    halves the penalty: C = 2 / (weight_decay * n) for two classes, and
+    1 / (weight_decay * n) for more.
+    """
+    X, y = digits
+    keep = np.isin(y, classes)
+    X, y = X[keep], y[keep]
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(64, 32), nn.Tanh())
+    weight_decay = 1e-2
+    probe = FoundationClassifier(
+        encoder, solver="lbfgs", weight_decay=weight_decay, val_split=0, max_epochs=20,
+        cache=False,
+    ).fit(X, y)
+    with torch.no_grad():
+        features = encoder(torch.as_tensor(X, dtype=torch.float32)).numpy()
+    C = (2 if len(classes) == 2 else 1) / (weight_decay * len(X))
+    reference = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(features, y)
+    np.testing.assert_allclose(
+        probe.predict_proba(X), reference.predict_proba(features), atol=2e-3
+    )
+    assert isinstance(probe.net_.optimizer_, torch.optim.LBFGS)
+    assert len(probe.history_) == 20
+
+
+def test_lbfgs_cannot_fine_tune(digits):
+    X, y = digits
+    torch.manual_seed(0)
+    encoder = CountingEncoder(nn.Linear(64, 16))
+    clf = FoundationClassifier(encoder, freeze_backbone=False, solver="lbfgs")
+    with pytest.raises(ValueError, match="solver='lbfgs'.*frozen backbone"):
+        clf.fit(X, y)
+    assert encoder.samples_seen == 0
