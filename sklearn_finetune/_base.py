@@ -28,7 +28,7 @@ from torch.utils.data import Subset
 from ._batches import feature_batches
 from ._cache import FeatureCache
 from ._device import resolve_device
-from ._embedding import embed
+from ._embedding import cache_key, embed
 from ._encoder import preserved_modes, prepare_encoder
 from ._heads import HEADS, build_head, mlp_backbone
 from ._module import FoundationModule, representation_size
@@ -383,6 +383,7 @@ class FoundationEstimator(BaseEstimator):
         X: ModelInput,
         device: torch.device,
         cache: FeatureCache | None,
+        key: str | None = None,
     ) -> torch.Tensor:
         features = embed(
             encoder,
@@ -391,6 +392,7 @@ class FoundationEstimator(BaseEstimator):
             device=device,
             batch_size=self._inference_batch_size(),
             cache=cache,
+            key=key,
         )
         return torch.as_tensor(features, device=device)
 
@@ -404,11 +406,12 @@ class FoundationEstimator(BaseEstimator):
             encoder = self.encoder
         representation = Representation(self.output_key, self.pooling)
         cache = self._feature_cache()
-        features = self._embed(encoder, representation, X, device, cache)
+        key = None if cache is None else cache_key(encoder, representation, device)
+        features = self._embed(encoder, representation, X, device, cache, key)
         targets = torch.as_tensor(y, device=device)
         train_split = None
         if isinstance(valid, tuple):
-            X_val = self._embed(encoder, representation, valid[0], device, cache)
+            X_val = self._embed(encoder, representation, valid[0], device, cache, key)
             train_split = predefined_split(Dataset(X_val, torch.as_tensor(valid[1], device=device)))
         elif valid is not None:
             train_split = predefined_split(Dataset(features[valid], targets[valid]))

@@ -44,6 +44,13 @@ def encode(
     return np.concatenate(chunks)
 
 
+def cache_key(encoder: nn.Module, representation: Representation, device: torch.device) -> str:
+    """The fingerprint under which the cache keeps this encoder's features."""
+    return encoder_fingerprint(
+        encoder, output_key=representation.output_key, pooling=representation.pooling, device=device
+    )
+
+
 def embed(
     encoder: nn.Module,
     representation: Representation,
@@ -52,10 +59,12 @@ def embed(
     device: torch.device,
     batch_size: int,
     cache: FeatureCache | None,
+    key: str | None = None,
 ) -> np.ndarray:
     """The features of X under a frozen encoder, encoding only what ``cache`` lacks.
 
-    The encoder's weights are hashed once per call and each sample once, so
+    The encoder's weights are hashed once per call (unless ``key``, their
+    fingerprint from :func:`cache_key`, is given) and each sample once, so
     that clones, folds and repeated predictions share what was computed.
     Without a cache, X is encoded once, in full.
 
@@ -65,9 +74,8 @@ def embed(
     """
     if cache is None:
         return encode(encoder, representation, X, device=device, batch_size=batch_size)
-    key = encoder_fingerprint(
-        encoder, output_key=representation.output_key, pooling=representation.pooling, device=device
-    )
+    if key is None:
+        key = cache_key(encoder, representation, device)
     return cache.fetch(
         key,
         row_digests(X),

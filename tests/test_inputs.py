@@ -158,6 +158,9 @@ def test_bad_input_fails_before_the_encoder_runs(digits, make_X, make_y, error, 
         ({"head": "mlp", "hidden_dims": (8, 0)}, "hidden_dims must be a sequence of positive"),
         ({"val_split": (1, 2, 3)}, "must be \\(X_val, y_val\\)"),
         ({"device": "gpu:0"}, "not a torch device"),
+        ({"solver": "sgd"}, "'solver' parameter"),
+        ({"inference_batch_size": 0}, "'inference_batch_size' parameter"),
+        ({"cache": 1}, "'cache' parameter"),
     ],
 )
 def test_bad_parameters_fail_before_training(digits, params, match):
