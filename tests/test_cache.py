@@ -170,6 +170,21 @@ def test_a_directory_cache_is_read_by_a_later_process(digits, tmp_path):
     assert encoder.samples_seen == len(X)
 
 
+def test_parallel_search_workers_share_a_directory_cache(digits, tmp_path):
+    X, y = digits
+    encoder = counting_encoder()
+    GridSearchCV(
+        FoundationClassifier(encoder, max_epochs=1, cache=str(tmp_path), random_state=0),
+        {"head": ["linear", "mlp"]},
+        cv=2,
+        n_jobs=2,
+    ).fit(X, y)
+    # The workers encoded in their own processes (each fold covers every row,
+    # in training or in scoring); the refit, here, read all of it from disk.
+    assert list(tmp_path.glob("*/*.features"))
+    assert encoder.samples_seen == 0
+
+
 def test_a_damaged_file_is_detected_deleted_and_recomputed(digits, tmp_path):
     X, y = digits
     encoder = counting_encoder()
