@@ -63,10 +63,11 @@ SHARED_PARAMETERS = """\
         nor its batch-norm statistics change and its dropout is off. X is
         encoded once (in inference mode, through ``cache``) and the head
         trains on the features, which gives the same result as running the
-        encoder in every batch at a fraction of the cost. ``False``: full fine-tuning of a copy of the backbone
-        at ``lr * backbone_lr_mult``. ``"auto"``: frozen when an encoder is
-        given, trained when ``encoder=None`` (a frozen random MLP is a
-        random-features baseline: ask for it with ``True``).
+        encoder in every batch at a fraction of the cost. ``False``: full
+        fine-tuning of a copy of the backbone at ``lr * backbone_lr_mult``.
+        ``"auto"``: frozen when an encoder is given, trained when
+        ``encoder=None`` (a frozen random MLP is a random-features baseline:
+        ask for it with ``True``).
 
     head : {"linear", "mlp"}, default="linear"
         ``"linear"``: one linear layer on the representation. ``"mlp"``:
@@ -88,8 +89,10 @@ SHARED_PARAMETERS = """\
         ``LogisticRegression`` uses; each epoch is one L-BFGS step of up to
         20 iterations, ``weight_decay`` is an L2 penalty ``weight_decay / 2 *
         ||W||^2`` on the head's weight matrices added to the mean loss
-        (``LogisticRegression``'s ``C`` is ``1 / (weight_decay *
-        n_train)``), and ``lr`` and ``batch_size`` do not apply.
+        (``LogisticRegression``'s ``C`` is ``1 / (weight_decay * n_train)``,
+        and ``2 / (weight_decay * n_train)`` for two classes, whose softmax
+        splits the weights into halves), and ``lr`` and ``batch_size`` do not
+        apply.
 
     lr : float, default=1e-3
         Learning rate of the head (AdamW).

@@ -86,6 +86,11 @@ class FeatureCache:
     def __init__(
         self, directory: str | os.PathLike | None = None, max_bytes: int = DEFAULT_MAX_BYTES
     ) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(
+                f"max_bytes must be a non-negative int (bytes of features kept in memory); "
+                f"got {max_bytes!r}."
+            )
         self.directory = None if directory is None else _checked_directory(directory)
         self.max_bytes = max_bytes
         self._start_empty()

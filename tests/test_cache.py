@@ -309,6 +309,12 @@ def test_a_bad_cache_parameter_is_refused_before_encoding(digits, cache, tmp_pat
     assert encoder.samples_seen == 0
 
 
+@pytest.mark.parametrize("max_bytes", [-1, 1.5, "1GB", True])
+def test_a_bad_memory_bound_is_refused(max_bytes):
+    with pytest.raises(ValueError, match="max_bytes must be a non-negative int"):
+        FeatureCache(max_bytes=max_bytes)
+
+
 def test_files_unrelated_to_the_cache_are_left_alone(tmp_path: Path):
     other = tmp_path / "notes.txt"
     other.write_text("mine")
