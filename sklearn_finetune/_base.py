@@ -13,32 +13,40 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from skorch.callbacks import EarlyStopping, ProgressBar
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
-from skorch.utils import multi_indexing, to_tensor
+from skorch.utils import multi_indexing, noop, to_tensor
 from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Subset
 
 from ._batches import feature_batches
+from ._blocks import UNFREEZE_MODES, BackboneUnfreezing, backbone_blocks
 from ._cache import FeatureCache
-from ._device import resolve_device
+from ._device import PRECISIONS, check_precision, resolve_device
 from ._embedding import cache_key, embed
 from ._encoder import preserved_modes, prepare_encoder
-from ._heads import HEADS, build_head, mlp_backbone
+from ._heads import HEADS, HeadSpec, build_head, mlp_backbone
+from ._metrics import SCORES, ValidationScores, greater_is_better
 from ._module import FoundationModule, representation_size
+from ._net import FoundationNet
+from ._optimization import (
+    LR_SCHEDULES,
+    SOLVERS,
+    Solver,
+    block_learning_rates,
+    schedule_callback,
+    solver_settings,
+    steps_per_epoch,
+)
 from ._representation import POOLINGS, Pooling, Representation
 from ._validation import ModelInput, n_samples, validate_X
-
-SOLVERS = ("adamw", "lbfgs")
-
-#: L-BFGS iterations per epoch with ``solver="lbfgs"`` (torch's default ``max_iter``).
-LBFGS_ITERATIONS = 20
 
 #: Batch size for running the head on cached features at validation and
 #: prediction: large enough that per-batch overhead vanishes, small enough to
@@ -69,10 +77,31 @@ SHARED_PARAMETERS = """\
         ``encoder=None`` (a frozen random MLP is a random-features baseline:
         ask for it with ``True``).
 
-    head : {"linear", "mlp"}, default="linear"
+    unfreeze_at : int or None, default=None
+        Gradual unfreezing of a frozen backbone: the head trains alone for
+        this many epochs, then the backbone trains too, at ``lr *
+        backbone_lr_mult`` (Lightning's ``BackboneFinetuning``, ULMFiT).
+        While frozen the encoder runs in eval mode without gradients, in
+        every batch (features are not cached for these epochs). ``0`` is
+        full fine-tuning from the start. Ignored when
+        ``freeze_backbone=False`` (the backbone trains from the start).
+        Must be below ``max_epochs``.
+
+    unfreeze_mode : {"all", "top_down"}, default="all"
+        With ``unfreeze_at``: ``"all"`` unfreezes the whole backbone at once;
+        ``"top_down"`` unfreezes one block per epoch, the top block first
+        (blocks as for ``layer_decay``). Once any block trains, the encoder
+        is in train mode.
+
+    head : {"linear", "mlp"}, torch.nn.Module or callable, default="linear"
         ``"linear"``: one linear layer on the representation. ``"mlp"``:
-        hidden layers of ``hidden_dims`` with ReLU and ``dropout``, then a
-        linear output layer. A new head is initialised at every fit.
+        hidden layers of ``hidden_dims`` with ReLU, ``dropout`` and
+        ``batch_norm``, then a linear output layer. Both are initialised
+        afresh at every fit with PyTorch's defaults (weights and biases
+        uniform in ``±1/sqrt(fan_in)``). A module: a deep copy of it trains
+        at each fit, initialised as given; a callable: ``head(width,
+        n_outputs)`` builds the module. Either must map ``(batch, width)``
+        to ``(batch, n_outputs)``.
 
     hidden_dims : sequence of int, default=(64, 32)
         Hidden layer widths of the MLP head.
@@ -80,22 +109,30 @@ SHARED_PARAMETERS = """\
     dropout : float, default=0.0
         Dropout after each hidden layer of the MLP head, in [0, 1).
 
-    solver : {"adamw", "lbfgs"}, default="adamw"
-        ``"adamw"``: mini-batch AdamW, at ``lr`` for the head and ``lr *
-        backbone_lr_mult`` for a trained backbone, in batches of
-        ``batch_size``, with decoupled ``weight_decay``. ``"lbfgs"``, for a
-        frozen backbone only: full-batch L-BFGS with a strong-Wolfe line
-        search on all the cached features at once, the exact solver
-        ``LogisticRegression`` uses; each epoch is one L-BFGS step of up to
-        20 iterations, ``weight_decay`` is an L2 penalty ``weight_decay / 2 *
-        ||W||^2`` on the head's weight matrices added to the mean loss
-        (``LogisticRegression``'s ``C`` is ``1 / (weight_decay * n_train)``,
-        and ``2 / (weight_decay * n_train)`` for two classes, whose softmax
-        splits the weights into halves), and ``lr`` and ``batch_size`` do not
-        apply.
+    batch_norm : bool, default=False
+        ``"mlp"``: batch norm after each hidden linear layer. ``"linear"``: a
+        batch norm without learned scale and shift that standardises the
+        representation before the linear layer (MAE's linear-probe recipe).
+
+    solver : {"adamw", "adam", "sgd", "lbfgs"} or callable, default="adamw"
+        The optimizer. ``"adamw"``, ``"adam"`` and ``"sgd"`` (with
+        ``momentum``) take mini-batches of ``batch_size`` at ``lr`` for the
+        head and ``lr * backbone_lr_mult`` for a trained backbone. A torch
+        optimizer class, or a ``functools.partial`` of one for more
+        arguments, is called with the parameter groups, ``lr`` and, when not
+        0, ``weight_decay``. ``"lbfgs"``, for a frozen backbone only:
+        full-batch L-BFGS with a strong-Wolfe line search on all the cached
+        features at once, the exact solver ``LogisticRegression`` uses; each
+        epoch is one L-BFGS step of up to 20 iterations, ``weight_decay`` is
+        an L2 penalty ``weight_decay / 2 * ||W||^2`` on the head's weight
+        matrices added to the mean loss (``LogisticRegression``'s ``C`` is
+        ``1 / (weight_decay * n_train)``, and ``2 / (weight_decay *
+        n_train)`` for two classes, whose softmax splits the weights into
+        halves), and ``lr``, ``batch_size``, ``lr_schedule`` and
+        ``precision="16"`` do not apply.
 
     lr : float, default=1e-3
-        Learning rate of the head (AdamW).
+        Learning rate of the head.
 
     backbone_lr_mult : float, default=0.1
         The backbone's learning rate as a fraction of ``lr``: the optimizer
@@ -103,12 +140,51 @@ SHARED_PARAMETERS = """\
         head at ``lr``. Unused when the backbone is frozen. Backbone
         parameters whose ``requires_grad`` is False stay fixed.
 
+    layer_decay : float or None, default=None
+        Layer-wise learning-rate decay for a trained backbone (BEiT and MAE
+        fine-tuning): the backbone's blocks get one parameter group each,
+        the top block at ``lr * backbone_lr_mult`` and each block below at
+        the rate of the block above times ``layer_decay``, in (0, 1]. The
+        blocks are the children of the encoder's largest ``nn.ModuleList``
+        or ``nn.Sequential`` (a transformer's layers), with what comes
+        before it (embeddings) as the bottom block and what comes after (a
+        final norm, a pooler) as the top block; an encoder without one is
+        an error. Unused when the backbone is frozen.
+
     weight_decay : float, default=0.0
-        AdamW's decoupled weight decay, for both groups; with
-        ``solver="lbfgs"``, the strength of an L2 penalty (see ``solver``).
+        The optimizer's weight decay, for all groups (decoupled for AdamW);
+        with ``solver="lbfgs"``, the strength of an L2 penalty (see
+        ``solver``).
+
+    momentum : float, default=0.9
+        Momentum of ``solver="sgd"``, in [0, 1].
+
+    lr_schedule : {"cosine", "warmup_cosine", "step", "plateau"} or None, default=None
+        How the learning rates change during training; every group follows
+        the same factor and ``history_`` records the head's rate
+        (``"event_lr"``). ``"cosine"``: cosine decay to 0 over
+        ``max_epochs``, updated after every batch. ``"warmup_cosine"``: a
+        linear warmup over ``warmup_epochs``, then cosine decay.
+        ``"step"``: divided by 10 every ``max_epochs // 3`` epochs.
+        ``"plateau"``: divided by 10 when the validation loss (the training
+        loss without validation data) has not improved for 2 epochs. For
+        other settings pass skorch's ``LRScheduler`` in ``callbacks``.
+
+    warmup_epochs : float, default=1
+        Length of the warmup of ``lr_schedule="warmup_cosine"``, in epochs
+        (fractions allowed).
+
+    max_grad_norm : float or None, default=None
+        Clip the gradients' global norm to this value before each step.
+
+    precision : {"32", "bf16", "16"}, default="32"
+        ``"bf16"`` and ``"16"`` run forward passes (frozen encoding,
+        training and prediction) under autocast in bfloat16 or float16,
+        where the device supports it; ``"16"`` also scales the loss
+        (``GradScaler``). Losses, metrics and predictions are float32.
 
     max_epochs : int, default=30
-        Number of passes over the training data.
+        Maximum number of passes over the training data (see ``patience``).
 
     batch_size : int, default=32
         Training batch size. When the last training batch would hold a
@@ -123,11 +199,29 @@ SHARED_PARAMETERS = """\
         cores).
 
     val_split : float, (X_val, y_val) or None, default=0.2
-        Held-out data scored after every epoch (loss and the default score
-        in ``history_``). A float in (0, 1) holds out that fraction of X,
-        stratified by class for classifiers when every class has at least
-        two samples; ``0`` or ``None`` trains on all of X; a tuple gives the
-        validation data explicitly. The held-out fraction is not trained on.
+        Held-out data scored after every epoch (the loss and every
+        validation score in ``history_``). A float in (0, 1) holds out that
+        fraction of X, stratified by class for classifiers when every class
+        has at least two samples; ``0`` or ``None`` trains on all of X; a
+        tuple gives the validation data explicitly. The held-out fraction
+        is not trained on.
+
+    scoring : str, default="loss"
+        The validation score that picks the best epoch (``restore_best_weights``)
+        and drives ``patience``: ``"loss"`` (the weighted validation loss,
+        lower is better) or a score recorded in ``history_`` as
+        ``valid_<scoring>`` (see the ``history_`` attribute).
+
+    patience : int or None, default=None
+        Early stopping: stop when ``scoring`` has not improved (by a relative
+        1e-4) for this many epochs. Needs validation data. ``None`` trains
+        for ``max_epochs``.
+
+    restore_best_weights : bool, default=True
+        With validation data, end training with the weights of the epoch
+        whose ``scoring`` was best (``best_epoch_``) instead of the last
+        epoch's. They are kept in memory as a copy of the trained weights.
+        Without validation data the last epoch's weights are kept.
 
     output_key : str or None, default=None
         Which entry of a mapping output holds the representation. ``None``
@@ -155,6 +249,12 @@ SHARED_PARAMETERS = """\
         frozen backbone still encodes X once per ``fit`` or ``predict``. The
         choice changes speed, never results.
 
+    callbacks : list of skorch callbacks or None, default=None
+        More skorch callbacks (or ``(name, callback)`` pairs), run after the
+        estimator's own (validation scores, best-epoch tracking, schedule,
+        unfreezing). They are copied at each fit, so the objects given are
+        not changed; the fitted ones are in ``net_.callbacks_``.
+
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then MPS, then the CPU. A device that is not
         available falls back to the CPU with a warning.
@@ -165,7 +265,8 @@ SHARED_PARAMETERS = """\
         two fits on the CPU give identical predictions.
 
     verbose : int, default=0
-        ``> 0`` prints skorch's per-epoch table."""
+        ``1`` prints skorch's per-epoch table; ``2`` also shows progress bars
+        (tqdm) over encoding and over the batches of each epoch."""
 
 
 SHARED_ATTRIBUTES = """\
@@ -179,6 +280,11 @@ SHARED_ATTRIBUTES = """\
         own device, otherwise the trained copy.
     device_ : torch.device
         The device training ran on.
+    best_epoch_ : int or None
+        The epoch (as numbered in ``history_``) with the best validation
+        ``scoring``; its weights are the fitted ones when
+        ``restore_best_weights``. None without validation data, or when the
+        score never improved (e.g. NaN throughout).
     input_shape_ : tuple or dict
         The shape of one training sample (a dict of shapes for dict input).
     n_features_in_ : int
@@ -202,73 +308,112 @@ class FoundationEstimator(BaseEstimator):
     _parameter_constraints: ClassVar[dict[str, list]] = {
         "encoder": [nn.Module, None],
         "freeze_backbone": ["boolean", StrOptions({"auto"})],
-        "head": [StrOptions(set(HEADS))],
+        "unfreeze_at": [Interval(Integral, 0, None, closed="left"), None],
+        "unfreeze_mode": [StrOptions(set(UNFREEZE_MODES))],
+        "head": [StrOptions(set(HEADS)), nn.Module, callable],
         "hidden_dims": ["array-like"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
-        "solver": [StrOptions(set(SOLVERS))],
+        "batch_norm": ["boolean"],
+        "solver": [StrOptions(set(SOLVERS)), callable],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_mult": [Interval(Real, 0, None, closed="left")],
+        "layer_decay": [Interval(Real, 0, 1, closed="right"), None],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "lr_schedule": [StrOptions(set(LR_SCHEDULES)), None],
+        "warmup_epochs": [Interval(Real, 0, None, closed="left")],
+        "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
+        "precision": [StrOptions(set(PRECISIONS))],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "inference_batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "val_split": [Interval(Real, 0, 1, closed="left"), tuple, None],
+        "scoring": [StrOptions({"loss"} | {name for task in SCORES.values() for name in task})],
+        "patience": [Interval(Integral, 1, None, closed="left"), None],
+        "restore_best_weights": ["boolean"],
         "output_key": [str, None],
         "pooling": [StrOptions(set(POOLINGS)), callable],
         "cache": ["boolean", str, os.PathLike, FeatureCache],
+        "callbacks": [list, None],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
-
-    # Set by the subclasses.
-    _net_class: ClassVar[type]
-    _criterion: ClassVar[type[nn.Module]]
 
     def __init__(
         self,
         encoder: nn.Module | None = None,
         *,
         freeze_backbone: bool | str = "auto",
-        head: str = "linear",
+        unfreeze_at: int | None = None,
+        unfreeze_mode: str = "all",
+        head: HeadSpec = "linear",
         hidden_dims: Sequence[int] = (64, 32),
         dropout: float = 0.0,
-        solver: str = "adamw",
+        batch_norm: bool = False,
+        solver: Solver = "adamw",
         lr: float = 1e-3,
         backbone_lr_mult: float = 0.1,
+        layer_decay: float | None = None,
         weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        lr_schedule: str | None = None,
+        warmup_epochs: float = 1,
+        max_grad_norm: float | None = None,
+        precision: str = "32",
         max_epochs: int = 30,
         batch_size: int = 32,
         inference_batch_size: int | None = None,
         val_split: float | tuple | None = 0.2,
+        scoring: str = "loss",
+        patience: int | None = None,
+        restore_best_weights: bool = True,
         output_key: str | None = None,
         pooling: Pooling = "mean",
         cache: bool | str | os.PathLike | FeatureCache = True,
+        callbacks: list | None = None,
         device: str | torch.device = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
     ) -> None:
         self.encoder = encoder
         self.freeze_backbone = freeze_backbone
+        self.unfreeze_at = unfreeze_at
+        self.unfreeze_mode = unfreeze_mode
         self.head = head
         self.hidden_dims = hidden_dims
         self.dropout = dropout
+        self.batch_norm = batch_norm
         self.solver = solver
         self.lr = lr
         self.backbone_lr_mult = backbone_lr_mult
+        self.layer_decay = layer_decay
         self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.lr_schedule = lr_schedule
+        self.warmup_epochs = warmup_epochs
+        self.max_grad_norm = max_grad_norm
+        self.precision = precision
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.inference_batch_size = inference_batch_size
         self.val_split = val_split
+        self.scoring = scoring
+        self.patience = patience
+        self.restore_best_weights = restore_best_weights
         self.output_key = output_key
         self.pooling = pooling
         self.cache = cache
+        self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
     # Hooks for the subclasses ------------------------------------------------
+
+    def _criterion(self) -> nn.Module:
+        """The loss, one value per sample (see ``_losses``)."""
+        raise NotImplementedError
 
     def _validate_y(self, y: Any) -> np.ndarray:
         """Check y, learn what predict needs to undo (classes, scale), return the training target."""
@@ -281,18 +426,43 @@ class FoundationEstimator(BaseEstimator):
     def _n_outputs(self) -> int:
         raise NotImplementedError
 
+    def _task(self) -> str:
+        """Which validation scores apply: a key of ``SCORES``."""
+        raise NotImplementedError
+
+    def _class_weight_vector(self, y: np.ndarray) -> np.ndarray | None:
+        """The weight of each class from ``class_weight`` and fit's encoded y (None: no weights)."""
+        return None
+
     def _stratify(self, y: np.ndarray, n_val: int) -> np.ndarray | None:
         return None
 
-    def _callbacks(self) -> list:
-        return []
+    def _predict_nonlinearity(self) -> Any:
+        """What turns the head's outputs into ``predict_proba``'s (None: nothing)."""
+        return None
+
+    def _prediction_of(self, outputs: torch.Tensor) -> np.ndarray:
+        """Outputs -> probabilities or original-scale targets, for validation scores."""
+        raise NotImplementedError
+
+    def _target_of(self, y: np.ndarray) -> np.ndarray:
+        """Encoded targets -> class indices, indicator rows or original-scale targets."""
+        return y
 
     # Fitting -----------------------------------------------------------------
 
-    def _is_frozen(self) -> bool:
+    def _frozen_at_start(self) -> bool:
         if self.freeze_backbone == "auto":
             return self.encoder is not None
         return bool(self.freeze_backbone)
+
+    def _unfreezes(self) -> bool:
+        """Whether a backbone that starts frozen trains later (``unfreeze_at``)."""
+        return self._frozen_at_start() and self.unfreeze_at is not None
+
+    def _is_frozen(self) -> bool:
+        """Frozen for the whole fit: the embed-once path."""
+        return self._frozen_at_start() and self.unfreeze_at is None
 
     def _validate_X(self, X: Any, *, reset: bool) -> ModelInput:
         return validate_X(self, X, reset=reset, for_mlp=self.encoder is None)
@@ -303,6 +473,42 @@ class FoundationEstimator(BaseEstimator):
         if isinstance(self.cache, (str, os.PathLike)):
             return FeatureCache.at(self.cache)  # refuses a path that is not a directory
         return FeatureCache.default() if self.cache else None
+
+    def _check_settings(self, has_validation: bool) -> None:
+        """Refuse combinations of parameters that cannot work, before any encoding."""
+        if self.solver == "lbfgs":
+            if not self._is_frozen():
+                raise ValueError(
+                    "solver='lbfgs' trains the head on a frozen backbone's cached features "
+                    "in one batch; it cannot train the backbone. Use freeze_backbone=True "
+                    "(with an encoder, the default) without unfreeze_at, or another solver "
+                    "to fine-tune."
+                )
+            if self.lr_schedule is not None:
+                raise ValueError(
+                    f"solver='lbfgs' does not take lr_schedule={self.lr_schedule!r}: L-BFGS "
+                    "chooses its own steps by line search. Use solver='adamw' with a schedule."
+                )
+            if self.precision == "16":
+                raise ValueError(
+                    "solver='lbfgs' does not take precision='16': its line search cannot "
+                    "work on a scaled float16 loss. Use precision='bf16' or '32'."
+                )
+        if self._unfreezes() and self.unfreeze_at >= self.max_epochs:
+            raise ValueError(
+                f"unfreeze_at={self.unfreeze_at} is not below max_epochs={self.max_epochs}: "
+                "the backbone would never train. Use unfreeze_at=None for a frozen backbone."
+            )
+        if self.scoring != "loss" and self.scoring not in SCORES[self._task()]:
+            raise ValueError(
+                f"scoring={self.scoring!r} is not a validation score of {type(self).__name__} "
+                f"for this y; choose 'loss' or one of {sorted(SCORES[self._task()])}."
+            )
+        if self.patience is not None and not has_validation:
+            raise ValueError(
+                f"patience={self.patience} stops on a validation score, but there is no "
+                "validation data: set val_split, or patience=None."
+            )
 
     def _split(
         self, X: ModelInput, y: np.ndarray, rng: np.random.RandomState
@@ -336,48 +542,115 @@ class FoundationEstimator(BaseEstimator):
             np.arange(n), test_size=n_val, stratify=self._stratify(y, n_val), random_state=rng
         )
 
+    def _sample_weights(
+        self, y: np.ndarray, sample_weight: Any, train: np.ndarray | None, valid: Any
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The loss weight of every row of X, and of an explicit validation set.
+
+        ``sample_weight`` times ``class_weight``'s, scaled to mean 1 over the
+        training rows, so that the learning rate means the same with or
+        without weights.
+        """
+        per_class = self._class_weight_vector(y)
+        weights = np.ones(len(y)) if per_class is None else per_class[y]
+        if sample_weight is not None:
+            weights = weights * _check_sample_weight(
+                sample_weight, np.empty(len(y)), dtype=np.float64, ensure_non_negative=True
+            )
+        scale = weights.mean() if train is None else weights[train].mean()
+        if not scale > 0:
+            raise ValueError(
+                "The sample weights of the training rows are all zero; nothing would be "
+                "learned. Give some training samples a positive weight."
+            )
+        val_weights = None
+        if isinstance(valid, tuple):
+            y_val = valid[1]
+            val_weights = np.ones(len(y_val)) if per_class is None else per_class[y_val]
+            val_weights = (val_weights / scale).astype(np.float32)
+        return (weights / scale).astype(np.float32), val_weights
+
     def _inference_batch_size(self) -> int:
         return self.batch_size if self.inference_batch_size is None else self.inference_batch_size
 
     def _build_head(self, width: int, device: torch.device) -> nn.Module:
-        return build_head(
-            self.head, width, self._n_outputs(), hidden_dims=self.hidden_dims, dropout=self.dropout
-        ).to(device)
-
-    def _optimizer_settings(self, n_train: int) -> dict[str, Any]:
-        """The skorch net settings that depend on ``solver``."""
-        if self.solver == "lbfgs":
-            return dict(
-                optimizer=torch.optim.LBFGS,
-                optimizer__lr=1.0,
-                optimizer__max_iter=LBFGS_ITERATIONS,
-                optimizer__line_search_fn="strong_wolfe",
-                l2_penalty=self.weight_decay,
-                batch_size=-1,  # skorch: the whole training set in one batch
-                iterator_train__shuffle=False,
-            )
-        return dict(
-            optimizer=torch.optim.AdamW,
-            lr=self.lr,
-            optimizer__weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            iterator_train__shuffle=True,
-            iterator_train__drop_last=n_train > 1 and n_train % self.batch_size == 1,
+        head = build_head(
+            self.head,
+            width,
+            self._n_outputs(),
+            hidden_dims=self.hidden_dims,
+            dropout=self.dropout,
+            batch_norm=self.batch_norm,
         )
+        return head.to(device)
 
-    def _build_net(self, module: nn.Module, n_train: int, device: torch.device, **kwargs: Any) -> Any:
+    def _callbacks(self, has_validation: bool, steps: int, blocks: list | None) -> list:
+        """The estimator's callbacks, then the user's copies."""
+        callbacks: list = []
+        if has_validation:
+            callbacks.append(
+                ("valid_scores", ValidationScores(self._task(), self._prediction_of, self._target_of))
+            )
+            monitor = "valid_loss" if self.scoring == "loss" else f"valid_{self.scoring}"
+            best = EarlyStopping(
+                monitor=monitor,
+                patience=self.patience,
+                lower_is_better=not greater_is_better(self._task(), self.scoring),
+                load_best=self.restore_best_weights,
+                sink=print if self.verbose else noop,
+            )
+            callbacks.append(("best_epoch", best))
+        if self.lr_schedule is not None:
+            schedule = schedule_callback(
+                self.lr_schedule,
+                max_epochs=self.max_epochs,
+                steps=steps,
+                warmup_epochs=self.warmup_epochs,
+                monitor="valid_loss" if has_validation else "train_loss",
+            )
+            callbacks.append(("lr_schedule", schedule))
+        if self._unfreezes():
+            unfreezing = BackboneUnfreezing(self.unfreeze_at, self.unfreeze_mode, blocks)
+            callbacks.append(("unfreezing", unfreezing))
+        if self.verbose >= 2:
+            callbacks.append(("progress", ProgressBar()))
+        return callbacks + copy.deepcopy(list(self.callbacks or []))
+
+    def _build_net(
+        self,
+        module: nn.Module,
+        n_train: int,
+        device: torch.device,
+        has_validation: bool,
+        blocks: list | None = None,
+        **kwargs: Any,
+    ) -> FoundationNet:
         """The skorch net for ``module``; ``kwargs`` add to or override its settings."""
+        solver = solver_settings(
+            self.solver,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            batch_size=self.batch_size,
+            n_train=n_train,
+        )
+        steps = steps_per_epoch(
+            n_train, self.batch_size, solver.get("iterator_train__drop_last", False)
+        )
         settings = dict(
             module=module,
-            criterion=self._criterion,
+            criterion=self._criterion(),
             max_epochs=self.max_epochs,
             iterator_valid__batch_size=self._inference_batch_size(),
-            callbacks=self._callbacks(),
+            callbacks=self._callbacks(has_validation, steps, blocks),
+            predict_nonlinearity=self._predict_nonlinearity(),
+            max_grad_norm=self.max_grad_norm,
+            precision=self.precision,
             device=device,
             verbose=self.verbose,
-            **self._optimizer_settings(n_train),
+            **solver,
         )
-        return self._net_class(**{**settings, **kwargs})
+        return FoundationNet(**{**settings, **kwargs})
 
     def _embed(
         self,
@@ -396,12 +669,13 @@ class FoundationEstimator(BaseEstimator):
             batch_size=self._inference_batch_size(),
             cache=cache,
             key=key,
+            precision=self.precision,
         )
         return torch.as_tensor(features, device=device)
 
     def _fit_on_features(
-        self, X: ModelInput, y: np.ndarray, train: Any, valid: Any, device: torch.device
-    ) -> tuple[FoundationModule, Any]:
+        self, X: ModelInput, targets: tuple, train: Any, valid: Any, device: torch.device
+    ) -> tuple[FoundationModule, FoundationNet]:
         """Frozen backbone: encode X once (through the cache), then train the head on the features."""
         if self.encoder is None:
             encoder = mlp_backbone(self.input_shape_).to(device)
@@ -409,37 +683,51 @@ class FoundationEstimator(BaseEstimator):
             encoder = self.encoder
         representation = Representation(self.output_key, self.pooling)
         cache = self._feature_cache()
-        key = None if cache is None else cache_key(encoder, representation, device)
+        key = None if cache is None else cache_key(encoder, representation, device, self.precision)
         features = self._embed(encoder, representation, X, device, cache, key)
-        targets = torch.as_tensor(y, device=device)
+        y = [torch.as_tensor(array, device=device) for array in targets]
         train_split = None
         if isinstance(valid, tuple):
             X_val = self._embed(encoder, representation, valid[0], device, cache, key)
-            train_split = predefined_split(Dataset(X_val, torch.as_tensor(valid[1], device=device)))
+            y_val = [torch.as_tensor(array, device=device) for array in valid[1:]]
+            train_split = predefined_split(Dataset(X_val, y_val))
         elif valid is not None:
-            train_split = predefined_split(Dataset(features[valid], targets[valid]))
-            features, targets = features[train], targets[train]
+            train_split = predefined_split(Dataset(features[valid], [t[valid] for t in y]))
+            features, y = features[train], [t[train] for t in y]
         head = self._build_head(features.shape[1], device)
         net = self._build_net(
             head,
             len(features),
             device,
+            has_validation=train_split is not None,
             train_split=train_split,
             iterator_train=feature_batches,
             iterator_valid=feature_batches,
             iterator_valid__batch_size=FEATURE_BATCH_SIZE,
         )
-        net.fit(features, targets)
+        net.fit(features, y)
         return FoundationModule(encoder, representation, head, frozen=True), net
 
+    def _backbone_groups(self, encoder: nn.Module) -> tuple[list, list | None]:
+        """The backbone's optimizer groups, and its blocks when they are needed."""
+        needs_blocks = self.layer_decay is not None or (
+            self._unfreezes() and self.unfreeze_mode == "top_down"
+        )
+        blocks = backbone_blocks(encoder) if needs_blocks else None
+        backbone_lr = self.lr * self.backbone_lr_mult
+        if self.layer_decay is None:
+            return [("encoder.*", {"lr": backbone_lr})], blocks
+        return block_learning_rates(blocks, backbone_lr, self.layer_decay), blocks
+
     def _fit_end_to_end(
-        self, X: ModelInput, y: np.ndarray, train: Any, valid: Any, device: torch.device
-    ) -> tuple[FoundationModule, Any]:
+        self, X: ModelInput, targets: tuple, train: Any, valid: Any, device: torch.device
+    ) -> tuple[FoundationModule, FoundationNet]:
         """Trained backbone: every batch runs through the encoder and the head."""
         if self.encoder is None:
             encoder = mlp_backbone(self.input_shape_).to(device)
         else:
             encoder = prepare_encoder(self.encoder, trainable=True, device=device)
+        param_groups, blocks = self._backbone_groups(encoder)
         representation = Representation(self.output_key, self.pooling)
         width = representation_size(
             encoder, representation, to_tensor(multi_indexing(X, slice(0, 2)), device)
@@ -448,7 +736,7 @@ class FoundationEstimator(BaseEstimator):
             encoder, representation, self._build_head(width, device), frozen=False
         )
         if isinstance(valid, tuple):
-            train_split = predefined_split(Dataset(*valid))
+            train_split = predefined_split(Dataset(valid[0], list(valid[1:])))
         elif valid is not None:
             train_split = partial(_index_split, train=train, valid=valid)
         else:
@@ -457,14 +745,16 @@ class FoundationEstimator(BaseEstimator):
             module,
             n_samples(X) if train is None else len(train),
             device,
+            has_validation=train_split is not None,
+            blocks=blocks,
             train_split=train_split,
-            optimizer__param_groups=[("encoder.*", {"lr": self.lr * self.backbone_lr_mult})],
+            optimizer__param_groups=param_groups,
         )
-        net.fit(X, y)
+        net.fit(X, list(targets))
         return module, net
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any) -> FoundationEstimator:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> FoundationEstimator:
         """Train the head (and the backbone unless frozen) on X, y.
 
         With a frozen backbone X is encoded once, through the feature cache,
@@ -476,8 +766,13 @@ class FoundationEstimator(BaseEstimator):
         X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor or dict
             Training input; a dict maps the encoder's keyword arguments to
             arrays of n_samples rows.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Class labels (classifier) or targets (regressor).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Class labels or a multilabel indicator matrix (classifier), or
+            targets (regressor).
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Non-negative weight of each sample in the loss (training and
+            validation loss), multiplied by ``class_weight``'s. Validation
+            scores other than the loss are unweighted.
 
         Returns
         -------
@@ -491,16 +786,15 @@ class FoundationEstimator(BaseEstimator):
             )
         y = self._validate_y(y)
         _check_lengths(X, y, "X", "y")
-        if self.solver == "lbfgs" and not self._is_frozen():
-            raise ValueError(
-                "solver='lbfgs' trains the head on a frozen backbone's cached features in "
-                "one batch; it cannot train the backbone. Use freeze_backbone=True (with "
-                "an encoder, the default), or solver='adamw' to fine-tune."
-            )
         rng = check_random_state(self.random_state)
         self._feature_cache()  # a bad cache path fails here, before any encoding
         train, valid = self._split(X, y, rng)
+        self._check_settings(has_validation=valid is not None)
+        weights, val_weights = self._sample_weights(y, sample_weight, train, valid)
+        if isinstance(valid, tuple):
+            valid = (*valid, val_weights)
         device = resolve_device(self.device)
+        check_precision(self.precision, device)
         user_encoder = (
             contextlib.nullcontext() if self.encoder is None else preserved_modes(self.encoder)
         )
@@ -508,13 +802,15 @@ class FoundationEstimator(BaseEstimator):
         fit_path = self._fit_on_features if self._is_frozen() else self._fit_end_to_end
         with torch.random.fork_rng(devices=rng_devices), user_encoder:
             torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
-            module, net = fit_path(X, y, train, valid, device)
+            module, net = fit_path(X, (y, weights), train, valid, device)
             module.eval()
         self.module_ = module
         self.net_ = net
         self.encoder_ = module.encoder
         self.history_ = net.history
         self.device_ = device
+        best = dict(net.callbacks_).get("best_epoch")
+        self.best_epoch_ = None if best is None or not best.best_epoch_ else best.best_epoch_
         return self
 
     # Inference ---------------------------------------------------------------

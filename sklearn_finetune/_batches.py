@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from skorch.dataset import Dataset
@@ -10,18 +10,21 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampl
 from torch.utils.data import Dataset as TorchDataset
 
 
-class _Rows(TorchDataset):
-    """Tensors X and y (or None), indexed a whole batch of rows at a time."""
+Targets = Sequence[torch.Tensor]
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor | None) -> None:
+
+class _Rows(TorchDataset):
+    """A tensor X and targets y (tensors, or None), indexed a whole batch of rows at a time."""
+
+    def __init__(self, X: torch.Tensor, y: Targets | None) -> None:
         self.X = X
         self.y = y
 
     def __len__(self) -> int:
         return len(self.X)
 
-    def __getitem__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.X[rows], None if self.y is None else self.y[rows]
+    def __getitem__(self, rows: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        return self.X[rows], None if self.y is None else [target[rows] for target in self.y]
 
 
 class _IndexBatches(Sampler):
@@ -65,8 +68,9 @@ def feature_batches(
     Parameters
     ----------
     dataset : skorch.dataset.Dataset
-        Holds ``X`` and ``y`` as tensors (``y`` may be None), as skorch
-        builds it from ``net.fit(X, y)``.
+        Holds ``X`` as a tensor and ``y`` as a sequence of tensors (targets
+        and sample weights) or None, as skorch builds it from ``net.fit(X,
+        y)``.
     batch_size : int
         Samples per batch.
     shuffle : bool, default=False
@@ -83,9 +87,9 @@ def feature_batches(
     >>> import torch
     >>> from skorch.dataset import Dataset
     >>> from sklearn_finetune._batches import feature_batches
-    >>> batches = feature_batches(Dataset(torch.zeros(5, 3), torch.arange(5)), batch_size=2)
-    >>> [tuple(X.shape) for X, y in batches]
-    [(2, 3), (2, 3), (1, 3)]
+    >>> dataset = Dataset(torch.zeros(5, 3), (torch.arange(5), torch.ones(5)))
+    >>> [(tuple(X.shape), len(target)) for X, (target, weight) in feature_batches(dataset, 2)]
+    [((2, 3), 2), ((2, 3), 2), ((1, 3), 1)]
     """
     rows = _Rows(torch.as_tensor(dataset.X), dataset.y)
     order = RandomSampler(rows) if shuffle else SequentialSampler(rows)

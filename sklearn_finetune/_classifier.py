@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Sequence
+from functools import partial
+from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from sklearn.base import ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_array, column_or_1d
 from torch import nn
 
 from ._base import FoundationEstimator, with_shared_docs
-from ._net import ClassifierNet
+from ._cache import FeatureCache
+from ._heads import HeadSpec
+from ._losses import SigmoidCrossEntropy, SoftmaxCrossEntropy
+from ._optimization import Solver
+from ._representation import Pooling
 
 
 def _as_labels(y: Any) -> np.ndarray:
     return column_or_1d(check_array(y, ensure_2d=False, dtype=None, input_name="y"), warn=True)
+
+
+def _as_indicator(y: Any, n_labels: int | None = None) -> np.ndarray | None:
+    """y as a float 0/1 matrix when it is a multilabel indicator matrix, else None."""
+    if isinstance(y, (list, tuple)) or not hasattr(y, "shape"):
+        y = np.asarray(y)
+    if getattr(y, "ndim", 1) != 2 or type_of_target(y) != "multilabel-indicator":
+        return None
+    y = check_array(y, dtype=np.float32, input_name="y")
+    if n_labels is not None and y.shape[1] != n_labels:
+        raise ValueError(f"y_val has {y.shape[1]} labels; y has {n_labels}.")
+    return y
 
 
 @with_shared_docs
@@ -23,25 +46,50 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     """A classifier made of a torch encoder and a head, trained by skorch.
 
     Linear probe (``freeze_backbone=True``), full fine-tuning
-    (``freeze_backbone=False``) or training from scratch (``encoder=None``),
-    with cross-entropy loss. Labels may be of any type; ``predict`` returns
-    them as given and ``predict_proba``'s columns follow ``classes_``.
+    (``freeze_backbone=False``), gradual unfreezing (``unfreeze_at``) or
+    training from scratch (``encoder=None``), with cross-entropy loss.
+    Labels may be of any type; ``predict`` returns them as given and
+    ``predict_proba``'s columns follow ``classes_``. A 2-D 0/1 indicator
+    matrix y is multilabel classification: one sigmoid output per label.
 
     Parameters
     ----------
     {shared_parameters}
 
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss, as in scikit-learn: a dict maps
+        labels to weights (missing labels weigh 1); ``"balanced"`` gives
+        class ``c`` the weight ``n_samples / (n_classes * count(c))``,
+        counted in the y passed to ``fit``. A sample's weight is its class's
+        times its ``sample_weight``. Not for multilabel y (use
+        ``sample_weight``).
+
+    label_smoothing : float, default=0.0
+        Label smoothing of the cross-entropy, in [0, 1): the target puts
+        ``label_smoothing`` of its mass evenly on all classes (for
+        multilabel y, each 0/1 target moves towards 1/2 by
+        ``label_smoothing / 2``).
+
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        The class labels, sorted.
-    net_ : skorch.NeuralNetClassifier
+        The class labels, sorted; for multilabel y, ``arange(n_labels)``.
+    multilabel_ : bool
+        Whether y was a multilabel indicator matrix.
+    net_ : FoundationNet
         The skorch net that trained: its ``module_`` is ``module_`` when the
         backbone trains, and ``module_.head`` (fed cached features) when it
         is frozen.
     history_ : skorch.History
-        One row per epoch with ``train_loss``, and with a validation set
-        ``valid_loss`` and ``valid_acc``; e.g. ``history_[:, "valid_acc"]``.
+        One row per epoch with ``train_loss``, and with validation data
+        ``valid_loss`` and the validation scores ``valid_accuracy``,
+        ``valid_balanced_accuracy``, ``valid_f1_macro``, ``valid_roc_auc``
+        and ``valid_average_precision`` (AUROC and AUPRC; one-vs-rest macro
+        averages for more than two classes), ``valid_brier_score`` and
+        ``valid_ece`` (expected calibration error, 15 bins); multilabel
+        y has accuracy (exact match), F1, ROC AUC, average precision and
+        Brier score, each averaged over labels. E.g. ``history_[:,
+        "valid_roc_auc"]``.
     {shared_attributes}
 
     See Also
@@ -62,10 +110,105 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     (2,)
     """
 
-    _net_class = ClassifierNet
-    _criterion = nn.CrossEntropyLoss
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        **FoundationEstimator._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+    }
+
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        *,
+        freeze_backbone: bool | str = "auto",
+        unfreeze_at: int | None = None,
+        unfreeze_mode: str = "all",
+        head: HeadSpec = "linear",
+        hidden_dims: Sequence[int] = (64, 32),
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        solver: Solver = "adamw",
+        lr: float = 1e-3,
+        backbone_lr_mult: float = 0.1,
+        layer_decay: float | None = None,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        lr_schedule: str | None = None,
+        warmup_epochs: float = 1,
+        max_grad_norm: float | None = None,
+        precision: str = "32",
+        max_epochs: int = 30,
+        batch_size: int = 32,
+        inference_batch_size: int | None = None,
+        val_split: float | tuple | None = 0.2,
+        scoring: str = "loss",
+        patience: int | None = None,
+        restore_best_weights: bool = True,
+        output_key: str | None = None,
+        pooling: Pooling = "mean",
+        cache: bool | str | os.PathLike | FeatureCache = True,
+        callbacks: list | None = None,
+        device: str | torch.device = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+        class_weight: dict | str | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(
+            encoder,
+            freeze_backbone=freeze_backbone,
+            unfreeze_at=unfreeze_at,
+            unfreeze_mode=unfreeze_mode,
+            head=head,
+            hidden_dims=hidden_dims,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            solver=solver,
+            lr=lr,
+            backbone_lr_mult=backbone_lr_mult,
+            layer_decay=layer_decay,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            lr_schedule=lr_schedule,
+            warmup_epochs=warmup_epochs,
+            max_grad_norm=max_grad_norm,
+            precision=precision,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            inference_batch_size=inference_batch_size,
+            val_split=val_split,
+            scoring=scoring,
+            patience=patience,
+            restore_best_weights=restore_best_weights,
+            output_key=output_key,
+            pooling=pooling,
+            cache=cache,
+            callbacks=callbacks,
+            device=device,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
+
+    def _criterion(self) -> nn.Module:
+        loss = SigmoidCrossEntropy if self.multilabel_ else SoftmaxCrossEntropy
+        return loss(self.label_smoothing)
+
+    def _task(self) -> str:
+        return "multilabel" if self.multilabel_ else "multiclass"
 
     def _validate_y(self, y: Any) -> np.ndarray:
+        indicator = _as_indicator(y)
+        self.multilabel_ = indicator is not None
+        if self.multilabel_:
+            if self.class_weight is not None:
+                raise ValueError(
+                    "class_weight does not apply to multilabel y (each sample has several "
+                    "labels); weight samples with fit(..., sample_weight=...) instead."
+                )
+            self.classes_ = np.arange(indicator.shape[1])
+            return indicator
         y = _as_labels(y)
         check_classification_targets(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
@@ -77,6 +220,13 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
         return encoded.astype(np.int64)
 
     def _transform_y(self, y: Any) -> np.ndarray:
+        if self.multilabel_:
+            indicator = _as_indicator(y, len(self.classes_))
+            if indicator is None:
+                raise ValueError(
+                    "y_val must be a multilabel indicator matrix (0/1 columns), as y was."
+                )
+            return indicator
         y = _as_labels(y)
         encoded = np.searchsorted(self.classes_, y)
         known = (encoded < len(self.classes_)) & (
@@ -88,16 +238,36 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
             )
         return encoded.astype(np.int64)
 
+    def _class_weight_vector(self, y: np.ndarray) -> np.ndarray | None:
+        if self.class_weight is None:
+            return None
+        if isinstance(self.class_weight, dict):
+            unknown = [label for label in self.class_weight if label not in set(self.classes_)]
+            if unknown:
+                raise ValueError(
+                    f"class_weight has labels that are not in y: {unknown}; y's classes are "
+                    f"{self.classes_.tolist()}."
+                )
+        return compute_class_weight(self.class_weight, classes=self.classes_, y=self.classes_[y])
+
     def _n_outputs(self) -> int:
         return len(self.classes_)
 
     def _stratify(self, y: np.ndarray, n_val: int) -> np.ndarray | None:
+        if self.multilabel_:
+            return None
         n_classes = len(self.classes_)
         feasible = np.bincount(y).min() >= 2 and min(n_val, len(y) - n_val) >= n_classes
         return y if feasible else None
 
+    def _predict_nonlinearity(self) -> Any:
+        return torch.sigmoid if self.multilabel_ else partial(torch.softmax, dim=-1)
+
+    def _prediction_of(self, outputs: torch.Tensor) -> np.ndarray:
+        return self._predict_nonlinearity()(outputs).cpu().numpy()
+
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities (softmax of the head's outputs).
+        """Class probabilities: softmax of the head's outputs (per-label sigmoids for multilabel).
 
         Parameters
         ----------
@@ -107,12 +277,13 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
         Returns
         -------
         ndarray of shape (n_samples, n_classes)
-            Columns in the order of ``classes_``.
+            Columns in the order of ``classes_``; for multilabel y, the
+            probability of each label, independently.
         """
         return self._net_predict("predict_proba", X)
 
     def predict(self, X: Any) -> np.ndarray:
-        """Most probable class label of each sample.
+        """Most probable class label of each sample (each label above 1/2, for multilabel).
 
         Parameters
         ----------
@@ -121,8 +292,16 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
 
         Returns
         -------
-        ndarray of shape (n_samples,)
-            Labels from ``classes_``.
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
+            Labels from ``classes_``, or the 0/1 indicator matrix for
+            multilabel y.
         """
         probabilities = self.predict_proba(X)
+        if self.multilabel_:
+            return (probabilities >= 0.5).astype(np.int64)
         return self.classes_[np.argmax(probabilities, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags

@@ -1,7 +1,8 @@
-"""Resolve the ``device`` parameter to a torch device that exists here."""
+"""Resolve the ``device`` parameter to a torch device that exists here, and its precisions."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -65,3 +66,39 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda" and resolved.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return resolved
+
+
+#: ``precision`` -> the dtype autocast runs in (None: float32, no autocast).
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a mixed precision the device cannot run, before training starts.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_finetune._device import check_precision
+    >>> check_precision("bf16", torch.device("cpu"))
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(
+            f"precision={precision!r} needs autocast, which torch does not offer on "
+            f"{device.type!r}; use precision='32'."
+        )
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            f"precision='bf16' is not supported by this GPU ({torch.cuda.get_device_name(device)}); "
+            "use precision='16' or '32'."
+        )
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision``'s dtype on ``device``, or nothing for ``"32"``."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

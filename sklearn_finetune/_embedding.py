@@ -10,6 +10,7 @@ from torch import nn
 from ._cache import FeatureCache
 from ._encoder import preserved_modes, prepare_encoder
 from ._fingerprint import encoder_fingerprint, row_digests
+from ._device import autocast
 from ._module import call_encoder, explained_failure
 from ._representation import Representation
 from ._validation import ModelInput, n_samples
@@ -22,11 +23,13 @@ def encode(
     *,
     device: torch.device,
     batch_size: int,
+    precision: str = "32",
 ) -> np.ndarray:
     """Run a frozen encoder over X once: eval mode, inference mode, in batches.
 
     The encoder is used where it is when it already lives on ``device``, and
     a copy is moved there otherwise; its train/eval flags are restored.
+    ``precision`` ``"bf16"`` or ``"16"`` runs it under autocast.
 
     Returns
     -------
@@ -34,7 +37,7 @@ def encode(
     """
     encoder = prepare_encoder(encoder, trainable=False, device=device)
     chunks = []
-    with torch.inference_mode(), preserved_modes(encoder):
+    with torch.inference_mode(), preserved_modes(encoder), autocast(device, precision):
         encoder.eval()
         for start in range(0, n_samples(X), batch_size):
             batch = to_tensor(multi_indexing(X, slice(start, start + batch_size)), device)
@@ -44,10 +47,16 @@ def encode(
     return np.concatenate(chunks)
 
 
-def cache_key(encoder: nn.Module, representation: Representation, device: torch.device) -> str:
+def cache_key(
+    encoder: nn.Module, representation: Representation, device: torch.device, precision: str = "32"
+) -> str:
     """The fingerprint under which the cache keeps this encoder's features."""
     return encoder_fingerprint(
-        encoder, output_key=representation.output_key, pooling=representation.pooling, device=device
+        encoder,
+        output_key=representation.output_key,
+        pooling=representation.pooling,
+        device=device,
+        precision=precision,
     )
 
 
@@ -60,6 +69,7 @@ def embed(
     batch_size: int,
     cache: FeatureCache | None,
     key: str | None = None,
+    precision: str = "32",
 ) -> np.ndarray:
     """The features of X under a frozen encoder, encoding only what ``cache`` lacks.
 
@@ -73,9 +83,11 @@ def embed(
     ndarray of shape (n_samples, width), float32
     """
     if cache is None:
-        return encode(encoder, representation, X, device=device, batch_size=batch_size)
+        return encode(
+            encoder, representation, X, device=device, batch_size=batch_size, precision=precision
+        )
     if key is None:
-        key = cache_key(encoder, representation, device)
+        key = cache_key(encoder, representation, device, precision)
     return cache.fetch(
         key,
         row_digests(X),
@@ -85,5 +97,6 @@ def embed(
             multi_indexing(X, positions),
             device=device,
             batch_size=batch_size,
+            precision=precision,
         ),
     )

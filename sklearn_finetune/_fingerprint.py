@@ -50,7 +50,12 @@ def _callable_identity(function: Callable) -> str:
 
 
 def encoder_fingerprint(
-    encoder: nn.Module, *, output_key: str | None, pooling: object, device: torch.device
+    encoder: nn.Module,
+    *,
+    output_key: str | None,
+    pooling: object,
+    device: torch.device,
+    precision: str = "32",
 ) -> str:
     """A hex digest of everything that decides the features an encoder produces.
 
@@ -83,6 +88,7 @@ def encoder_fingerprint(
         f"output_key={output_key!r}",
         f"pooling={pooling_identity}",
         f"device={device.type}",
+        f"precision={precision}",
     )
     digest.update("\n".join(header).encode())
     for module_name, module in encoder.named_modules():

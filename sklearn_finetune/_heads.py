@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from math import prod
+from typing import Union
 
+import torch
 from torch import nn
+
+#: What the ``head`` parameter accepts besides a name: a module, or a
+#: factory called with the representation size and the number of outputs.
+HeadSpec = Union[str, nn.Module, Callable[[int, int], nn.Module]]
 
 HEADS = ("linear", "mlp")
 
 
-def mlp_layers(in_features: int, hidden_dims: Sequence[int], dropout: float = 0.0) -> list[nn.Module]:
-    """Linear -> ReLU (-> Dropout) blocks, one per entry of ``hidden_dims``.
+def mlp_layers(
+    in_features: int, hidden_dims: Sequence[int], dropout: float = 0.0, batch_norm: bool = False
+) -> list[nn.Module]:
+    """Linear (-> BatchNorm1d) -> ReLU (-> Dropout) blocks, one per entry of ``hidden_dims``.
 
     Examples
     --------
@@ -28,7 +37,10 @@ def mlp_layers(in_features: int, hidden_dims: Sequence[int], dropout: float = 0.
         )
     layers: list[nn.Module] = []
     for width in hidden_dims:
-        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        layers.append(nn.Linear(in_features, width))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(nn.ReLU())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         in_features = width
@@ -36,27 +48,39 @@ def mlp_layers(in_features: int, hidden_dims: Sequence[int], dropout: float = 0.
 
 
 def build_head(
-    kind: str,
+    kind: HeadSpec,
     in_features: int,
     out_features: int,
     *,
     hidden_dims: Sequence[int] = (64, 32),
     dropout: float = 0.0,
+    batch_norm: bool = False,
 ) -> nn.Module:
     """A freshly initialised head mapping the representation to the outputs.
 
+    Layers keep PyTorch's initialisation: ``nn.Linear`` weights and biases
+    uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``, batch norm at scale 1
+    and shift 0.
+
     Parameters
     ----------
-    kind : {"linear", "mlp"}
+    kind : {"linear", "mlp"}, torch.nn.Module or callable
         ``"linear"``: one ``nn.Linear`` (the linear probe). ``"mlp"``: the
-        blocks of :func:`mlp_layers` on ``hidden_dims`` and ``dropout``, then a
-        linear output layer.
+        blocks of :func:`mlp_layers` on ``hidden_dims``, ``dropout`` and
+        ``batch_norm``, then a linear output layer. A module: a deep copy of
+        it, as it is (the other arguments do not apply). A callable:
+        ``kind(in_features, out_features)`` returns the module. Either must
+        map ``(batch, in_features)`` to ``(batch, out_features)``.
     in_features, out_features : int
         Representation size and number of outputs (classes or targets).
     hidden_dims : sequence of int, default=(64, 32)
         Widths of the MLP's hidden layers; ignored by the linear head.
     dropout : float, default=0.0
         Dropout after each hidden layer of the MLP; ignored by the linear head.
+    batch_norm : bool, default=False
+        MLP: ``BatchNorm1d`` after each hidden linear layer. Linear: a
+        ``BatchNorm1d(affine=False)`` that standardises the representation
+        before the linear layer (the linear-probe recipe of MAE).
 
     Returns
     -------
@@ -69,12 +93,49 @@ def build_head(
     Linear(in_features=16, out_features=3, bias=True)
     """
     if kind == "linear":
-        return nn.Linear(in_features, out_features)
+        linear = nn.Linear(in_features, out_features)
+        return nn.Sequential(nn.BatchNorm1d(in_features, affine=False), linear) if batch_norm else linear
     if kind == "mlp":
-        layers = mlp_layers(in_features, hidden_dims, dropout)
+        layers = mlp_layers(in_features, hidden_dims, dropout, batch_norm)
         width = hidden_dims[-1] if len(hidden_dims) else in_features
         return nn.Sequential(*layers, nn.Linear(width, out_features))
-    raise ValueError(f"head must be one of {HEADS}; got {kind!r}.")
+    if isinstance(kind, str):
+        raise ValueError(f"head must be one of {HEADS}, a module or a callable; got {kind!r}.")
+    return _checked_head(
+        copy.deepcopy(kind) if isinstance(kind, nn.Module) else kind(in_features, out_features),
+        in_features,
+        out_features,
+    )
+
+
+def _checked_head(head: object, in_features: int, out_features: int) -> nn.Module:
+    """``head`` itself, once it has mapped a batch of zeros to the right shape."""
+    if not isinstance(head, nn.Module):
+        raise TypeError(
+            f"head(in_features, n_outputs) must return a torch.nn.Module; got "
+            f"{type(head).__name__}."
+        )
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.no_grad():
+            parameter = next(head.parameters(), None)
+            device = "cpu" if parameter is None else parameter.device
+            output = head(torch.zeros(2, in_features, device=device))
+    except Exception as exc:
+        raise ValueError(
+            f"The head failed on a batch of representations of shape (2, {in_features}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        head.train(was_training)
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (2, out_features):
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(
+            f"The head must map (batch, {in_features}) to (batch, {out_features}) (one "
+            f"output per class or target); it returned {shape} for a batch of 2."
+        )
+    return head
 
 
 def mlp_backbone(sample_shape: Sequence[int]) -> nn.Sequential:

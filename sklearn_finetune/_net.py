@@ -1,4 +1,4 @@
-"""The skorch nets that run the training loop."""
+"""The skorch net that runs the training loop."""
 
 from __future__ import annotations
 
@@ -6,33 +6,85 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNet
+from skorch.utils import TeeGenerator, to_tensor
 from torch import nn
 
+from ._device import autocast
 from ._module import FoundationModule
 
+class FoundationNet(NeuralNet):
+    """skorch's ``NeuralNet``, training a ``FoundationModule`` or a head on cached features.
 
-class _FoundationNetMixin:
-    """What the estimators add to skorch's nets.
+    The estimators validate X and y themselves and compute their own
+    validation scores, so skorch's classifier and regressor layers are not
+    used. What this net adds to skorch's loop:
 
-    The optimizer is offered only what should train (see
-    ``FoundationModule``; a net that trains a head alone, on cached features,
-    offers all of it), and ``l2_penalty`` adds ``l2_penalty / 2 * ||W||^2``
-    over the weight matrices (not the biases) to the training loss, for
-    optimizers without a weight decay of their own such as L-BFGS.
+    * Targets come with sample weights: each batch's y is ``(target,
+      weight)``, the criterion returns one loss per sample, and the batch
+      loss is ``mean(weight * loss)`` (the estimator scales the weights to
+      mean 1 over the training rows, so the epoch's loss is the weighted
+      mean of the per-sample losses).
+    * The optimizer is offered only what should train (see
+      ``FoundationModule``; a head alone, on cached features, offers all of
+      itself).
+    * ``l2_penalty`` adds ``l2_penalty / 2 * ||W||^2`` over the weight
+      matrices (not the biases) to the training loss, for optimizers
+      without a weight decay of their own, such as L-BFGS.
+    * ``max_grad_norm`` clips the gradients' global norm before each step.
+    * ``precision`` runs the forward pass under autocast (``"bf16"`` or
+      ``"16"``); ``"16"`` scales the loss with a ``GradScaler`` so that small
+      float16 gradients do not underflow.
     """
 
-    def __init__(self, *args: Any, l2_penalty: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        l2_penalty: float = 0.0,
+        max_grad_norm: float | None = None,
+        precision: str = "32",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.l2_penalty = l2_penalty
+        self.max_grad_norm = max_grad_norm
+        self.precision = precision
+
+    def initialize(self) -> FoundationNet:
+        super().initialize()
+        device_type = torch.device(self.device).type
+        self.grad_scaler_ = torch.amp.GradScaler(device_type) if self.precision == "16" else None
+        return self
+
+    def check_data(self, X: Any, y: Any) -> None:
+        """Nothing to check: the estimator validated X and y before building the net."""
 
     def get_all_learnable_params(self) -> Iterator[tuple[str, nn.Parameter]]:
         if isinstance(self.module_, FoundationModule):
             return self.module_.trainable_named_parameters()
         return super().get_all_learnable_params()
 
+    def get_params_for_optimizer(self, prefix: str, named_parameters: Any) -> tuple[tuple, dict]:
+        """skorch's parameter groups, with groups of equal settings merged into one.
+
+        ``optimizer__param_groups`` patterns match parameter by parameter, so
+        per-block learning rates come as one pattern per parameter; merged,
+        the optimizer holds one group per block, then the head's.
+        """
+        (groups,), kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        merged: dict[tuple, dict[str, Any]] = {}
+        for group in groups:
+            settings = tuple(sorted((k, v) for k, v in group.items() if k != "params"))
+            merged.setdefault(settings, {**group, "params": []})["params"].extend(group["params"])
+        return (list(merged.values()),), kwargs
+
+    def infer(self, x: Any, **fit_params: Any) -> torch.Tensor:
+        with autocast(torch.device(self.device), self.precision):
+            return super().infer(x, **fit_params).float()
+
     def get_loss(self, y_pred: Any, y_true: Any, X: Any = None, training: bool = False) -> torch.Tensor:
-        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        target, weight = to_tensor(y_true, device=self.device)
+        loss = (self.criterion_(y_pred, target) * weight).mean()
         if training and self.l2_penalty:
             squares = [
                 parameter.pow(2).sum()
@@ -42,10 +94,40 @@ class _FoundationNetMixin:
             loss = loss + 0.5 * self.l2_penalty * torch.stack(squares).sum()
         return loss
 
+    def train_step_single(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
+        self._set_training(True)
+        Xi, yi = batch
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        (loss if self.grad_scaler_ is None else self.grad_scaler_.scale(loss)).backward()
+        return {"loss": loss, "y_pred": y_pred}
 
-class ClassifierNet(_FoundationNetMixin, NeuralNetClassifier):
-    """skorch's classifier net, training a ``FoundationModule`` or a head on features."""
+    def train_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
+        """One optimizer step: L-BFGS through skorch's closure, other optimizers directly.
 
-
-class RegressorNet(_FoundationNetMixin, NeuralNetRegressor):
-    """skorch's regressor net, training a ``FoundationModule`` or a head on features."""
+        Gradients are unscaled (``precision="16"``) and clipped before the
+        ``on_grad_computed`` callbacks see them and the optimizer steps.
+        """
+        if isinstance(self.optimizer_, torch.optim.LBFGS):
+            return super().train_step(batch, **fit_params)
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        scaler = self.grad_scaler_
+        if scaler is not None:
+            scaler.unscale_(self.optimizer_)
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(
+                [parameter for _, parameter in self.get_all_learnable_params()], self.max_grad_norm
+            )
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            batch=batch,
+            training=True,
+        )
+        if scaler is None:
+            self.optimizer_.step()
+        else:
+            scaler.step(self.optimizer_)
+            scaler.update()
+        return step

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
-from skorch.callbacks import EpochScoring
+import torch
 from sklearn.base import RegressorMixin
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array
 from torch import nn
 
 from ._base import FoundationEstimator, with_shared_docs
-from ._net import RegressorNet
+from ._cache import FeatureCache
+from ._heads import HeadSpec
+from ._losses import REGRESSION_LOSSES, RegressionLoss
+from ._optimization import Solver
+from ._representation import Pooling
 
 
 @with_shared_docs
@@ -19,14 +26,20 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     """A regressor made of a torch encoder and a head, trained by skorch.
 
     Linear probe (``freeze_backbone=True``), full fine-tuning
-    (``freeze_backbone=False``) or training from scratch (``encoder=None``),
-    with squared-error loss on one or several targets. Targets are
-    standardised for training (each to mean 0, standard deviation 1) and
-    ``predict`` returns them on their original scale.
+    (``freeze_backbone=False``), gradual unfreezing (``unfreeze_at``) or
+    training from scratch (``encoder=None``), with squared-error or Huber
+    loss on one or several targets. Targets are standardised for training
+    (each to mean 0, standard deviation 1) and ``predict`` returns them on
+    their original scale.
 
     Parameters
     ----------
     {shared_parameters}
+
+    loss : {"squared_error", "huber"}, default="squared_error"
+        The training loss on standardised targets, averaged over targets.
+        ``"huber"``: quadratic within one standard deviation of the target
+        and linear beyond, so outliers pull less.
 
     Attributes
     ----------
@@ -35,13 +48,15 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     target_mean_, target_scale_ : ndarray of shape (n_outputs_,)
         Mean and standard deviation of each target in the training data (a
         constant target gets scale 1).
-    net_ : skorch.NeuralNetRegressor
+    net_ : FoundationNet
         The skorch net that trained: its ``module_`` is ``module_`` when the
         backbone trains, and ``module_.head`` (fed cached features) when it
         is frozen.
     history_ : skorch.History
-        One row per epoch with ``train_loss``, and with a validation set
-        ``valid_loss`` (on standardised targets) and ``valid_r2``.
+        One row per epoch with ``train_loss``, and with validation data
+        ``valid_loss`` (on standardised targets) and the validation scores
+        ``valid_r2``, ``valid_mae`` and ``valid_rmse`` (on the original
+        scale, averaged over targets).
     {shared_attributes}
 
     See Also
@@ -58,8 +73,89 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     (3,)
     """
 
-    _net_class = RegressorNet
-    _criterion = nn.MSELoss
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        **FoundationEstimator._parameter_constraints,
+        "loss": [StrOptions(set(REGRESSION_LOSSES))],
+    }
+
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        *,
+        freeze_backbone: bool | str = "auto",
+        unfreeze_at: int | None = None,
+        unfreeze_mode: str = "all",
+        head: HeadSpec = "linear",
+        hidden_dims: Sequence[int] = (64, 32),
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        solver: Solver = "adamw",
+        lr: float = 1e-3,
+        backbone_lr_mult: float = 0.1,
+        layer_decay: float | None = None,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        lr_schedule: str | None = None,
+        warmup_epochs: float = 1,
+        max_grad_norm: float | None = None,
+        precision: str = "32",
+        max_epochs: int = 30,
+        batch_size: int = 32,
+        inference_batch_size: int | None = None,
+        val_split: float | tuple | None = 0.2,
+        scoring: str = "loss",
+        patience: int | None = None,
+        restore_best_weights: bool = True,
+        output_key: str | None = None,
+        pooling: Pooling = "mean",
+        cache: bool | str | os.PathLike | FeatureCache = True,
+        callbacks: list | None = None,
+        device: str | torch.device = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+        loss: str = "squared_error",
+    ) -> None:
+        super().__init__(
+            encoder,
+            freeze_backbone=freeze_backbone,
+            unfreeze_at=unfreeze_at,
+            unfreeze_mode=unfreeze_mode,
+            head=head,
+            hidden_dims=hidden_dims,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            solver=solver,
+            lr=lr,
+            backbone_lr_mult=backbone_lr_mult,
+            layer_decay=layer_decay,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            lr_schedule=lr_schedule,
+            warmup_epochs=warmup_epochs,
+            max_grad_norm=max_grad_norm,
+            precision=precision,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            inference_batch_size=inference_batch_size,
+            val_split=val_split,
+            scoring=scoring,
+            patience=patience,
+            restore_best_weights=restore_best_weights,
+            output_key=output_key,
+            pooling=pooling,
+            cache=cache,
+            callbacks=callbacks,
+            device=device,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.loss = loss
+
+    def _criterion(self) -> nn.Module:
+        return RegressionLoss(self.loss)
+
+    def _task(self) -> str:
+        return "regression"
 
     def _validate_y(self, y: Any) -> np.ndarray:
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
@@ -86,9 +182,11 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     def _n_outputs(self) -> int:
         return self.n_outputs_
 
-    def _callbacks(self) -> list:
-        r2 = EpochScoring("r2", lower_is_better=False, name="valid_r2", use_caching=True)
-        return [("valid_r2", r2)]
+    def _prediction_of(self, outputs: torch.Tensor) -> np.ndarray:
+        return outputs.cpu().numpy() * self.target_scale_ + self.target_mean_
+
+    def _target_of(self, y: np.ndarray) -> np.ndarray:
+        return y * self.target_scale_ + self.target_mean_
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted targets, on the scale of the training targets.

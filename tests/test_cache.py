@@ -121,7 +121,7 @@ def test_features_match_running_the_encoder_in_every_batch(digits):
     slow = FoundationClassifier(
         encoder, freeze_backbone=False, backbone_lr_mult=0.0, **common
     ).fit(X, y)
-    for column in ("train_loss", "valid_loss", "valid_acc"):
+    for column in ("train_loss", "valid_loss", "valid_accuracy"):
         np.testing.assert_allclose(fast.history_[:, column], slow.history_[:, column], rtol=1e-5)
     np.testing.assert_allclose(fast.predict_proba(X), slow.predict_proba(X), atol=1e-6)
 

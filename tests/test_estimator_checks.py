@@ -5,16 +5,27 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
 
 
+#: Training by shuffled mini-batches draws a repeated sample into different
+#: batches than one weighted sample; the objectives agree (a weighted mean of
+#: per-sample losses), the optimisation paths do not.
+SAMPLE_WEIGHT_EQUIVALENCE = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "mini-batch training on repeated samples follows another path than on weighted ones"
+    ),
+}
+
+
 def expected_failed_checks(estimator):
     if isinstance(estimator, FoundationRegressor):
         return {
+            **SAMPLE_WEIGHT_EQUIVALENCE,
             "check_regressors_train": (
                 "the default budget (30 epochs) is about 150 steps on this 200-sample "
                 "set, too few for an MLP from scratch to reach R^2 > 0.5 (it reaches "
                 "0.2; 0.7 with max_epochs=100)"
             ),
         }
-    return {}
+    return SAMPLE_WEIGHT_EQUIVALENCE
 
 
 @parametrize_with_checks(

@@ -126,7 +126,7 @@ def test_validation_split_is_stratified_and_logged():
     clf = FoundationClassifier(RowRecorder(), freeze_backbone=False, max_epochs=2, val_split=0.25)
     clf.fit(X, y)
     assert len(clf.history_) == 2
-    for key in ("train_loss", "valid_loss", "valid_acc"):
+    for key in ("train_loss", "valid_loss", "valid_accuracy"):
         assert np.all(np.isfinite(clf.history_[:, key]))
     # The fitted copy recorded each epoch's validation pass: 50 rows, 25% of every class.
     validation_rows = clf.encoder_.eval_rows[-50:]
@@ -142,7 +142,7 @@ def test_no_validation_split_and_explicit_validation_data(digits):
     assert "valid_loss" not in zero.history_[-1]
     explicit = FoundationClassifier(BatchNormEncoder(), max_epochs=1, val_split=(X[:50], y[:50]))
     explicit.fit(X[50:], y[50:])
-    assert 0 <= explicit.history_[-1, "valid_acc"] <= 1
+    assert 0 <= explicit.history_[-1, "valid_accuracy"] <= 1
     with pytest.raises(ValueError, match="labels not seen in y"):
         FoundationClassifier(max_epochs=1, val_split=(X[:5], y[:5] + 10)).fit(X, y)
 
@@ -184,5 +184,5 @@ def test_verbose_prints_the_epoch_table(digits, capsys):
     assert capsys.readouterr().out == ""
     FoundationClassifier(BatchNormEncoder(), max_epochs=2, verbose=1).fit(X, y)
     table = capsys.readouterr().out
-    assert "train_loss" in table and "valid_acc" in table
+    assert "train_loss" in table and "valid_accuracy" in table
     assert len([line for line in table.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 2

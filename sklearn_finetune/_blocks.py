@@ -1,0 +1,143 @@
+"""A backbone's ordered blocks, and unfreezing it on schedule (gradual unfreezing)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from skorch.callbacks import Callback
+from torch import nn
+
+UNFREEZE_MODES = ("all", "top_down")
+
+
+def _block_list(encoder: nn.Module) -> tuple[str, list[str]] | None:
+    """The ``nn.ModuleList``/``nn.Sequential`` with the most children that hold parameters.
+
+    Returns its qualified name and the names of those children, or None when
+    no such container has at least two of them. The shallowest container
+    wins a tie.
+    """
+    best = None
+    for name, module in encoder.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = [
+            child_name
+            for child_name, child in module.named_children()
+            if any(True for _ in child.parameters())
+        ]
+        if len(children) >= 2 and (best is None or len(children) > len(best[1])):
+            best = (name, children)
+    return best
+
+
+def backbone_blocks(encoder: nn.Module) -> list[list[str]]:
+    """The encoder's parameter names grouped into blocks, from the input up.
+
+    The blocks are found as fine-tuning recipes (BEiT, MAE, ULMFiT) number
+    layers: the ``nn.ModuleList`` or ``nn.Sequential`` with the most children
+    that hold parameters (a transformer's layers, a ``Sequential``'s
+    layers) gives one block per such child; parameters registered before
+    it (embeddings, a stem) form the bottom block and those after it (a
+    final norm, a pooler) the top block. Parameters whose ``requires_grad``
+    is False are listed too; they stay fixed regardless.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The backbone.
+
+    Returns
+    -------
+    list of list of str
+        Parameter names (as in ``encoder.named_parameters()``), bottom block
+        first.
+
+    Raises
+    ------
+    ValueError
+        When the encoder has no container of at least two blocks.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sklearn_finetune._blocks import backbone_blocks
+    >>> backbone_blocks(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    [['0.weight', '0.bias'], ['2.weight', '2.bias']]
+    """
+    found = _block_list(encoder)
+    if found is None:
+        raise ValueError(
+            f"Could not find ordered blocks in the encoder ({type(encoder).__name__}): "
+            "layer_decay and unfreeze_mode='top_down' need an nn.ModuleList or "
+            "nn.Sequential of at least two layers with parameters (as in "
+            "transformers' encoder.layer or a Sequential backbone)."
+        )
+    container, children = found
+    prefix = f"{container}." if container else ""
+    index = {child: position for position, child in enumerate(children)}
+    before, blocks, after = [], [[] for _ in children], []
+    for name, _ in encoder.named_parameters():
+        child = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else None
+        if child in index:
+            blocks[index[child]].append(name)
+        elif any(blocks):
+            after.append(name)
+        else:
+            before.append(name)
+    return [block for block in (before, *blocks, after) if block]
+
+
+class BackboneUnfreezing(Callback):
+    """Keeps the backbone frozen for ``unfreeze_at`` epochs, then lets it train.
+
+    While frozen the encoder runs in eval mode without gradients (as with
+    ``freeze_backbone=True``). Its parameters are in the optimizer from the
+    start, at ``lr * backbone_lr_mult``, but get no gradient, so no update
+    and no weight decay touch them: the same as their group joining the
+    optimizer at epoch ``unfreeze_at``, and a learning-rate schedule applies
+    to them as to the head. With ``mode="top_down"`` one block unfreezes per
+    epoch, the top block first (ULMFiT's gradual unfreezing).
+
+    Parameters
+    ----------
+    unfreeze_at : int
+        Number of epochs that train the head alone.
+    mode : {"all", "top_down"}
+        Unfreeze the whole backbone at once, or one block per epoch from the
+        top.
+    blocks : list of list of str or None
+        ``backbone_blocks(encoder)`` for ``"top_down"``.
+    """
+
+    def __init__(self, unfreeze_at: int, mode: str, blocks: list[list[str]] | None) -> None:
+        self.unfreeze_at = unfreeze_at
+        self.mode = mode
+        self.blocks = blocks
+
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        encoder = net.module_.encoder
+        self.trainable_ = [name for name, p in encoder.named_parameters() if p.requires_grad]
+        self._set_epoch(net, 0)
+
+    def on_epoch_begin(self, net: Any, **kwargs: Any) -> None:
+        self._set_epoch(net, len(net.history) - 1)
+
+    def on_train_end(self, net: Any, **kwargs: Any) -> None:
+        """Leave the trained encoder as it came: every parameter that could train can train."""
+        parameters = dict(net.module_.encoder.named_parameters())
+        for name in self.trainable_:
+            parameters[name].requires_grad_(True)
+        net.module_.frozen = False
+
+    def _set_epoch(self, net: Any, epoch: int) -> None:
+        """Freeze or unfreeze for ``epoch`` (counted from 0)."""
+        module = net.module_
+        module.frozen = epoch < self.unfreeze_at
+        if self.mode != "top_down" or module.frozen:
+            return
+        n_unfrozen = epoch - self.unfreeze_at + 1
+        still_frozen = {name for block in self.blocks[: -n_unfrozen] for name in block}
+        parameters = dict(module.encoder.named_parameters())
+        for name in self.trainable_:
+            parameters[name].requires_grad_(name not in still_frozen)

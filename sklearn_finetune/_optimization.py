@@ -1,0 +1,147 @@
+"""Optimizers, learning-rate schedules and per-block learning rates, as skorch settings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Union
+
+import torch
+from skorch.callbacks import LRScheduler
+
+#: Named solvers; ``solver`` may also be a torch optimizer class or factory.
+SOLVERS = ("adamw", "adam", "sgd", "lbfgs")
+LR_SCHEDULES = ("cosine", "warmup_cosine", "step", "plateau")
+
+Solver = Union[str, Callable[..., torch.optim.Optimizer]]
+
+#: L-BFGS iterations per epoch with ``solver="lbfgs"`` (torch's default ``max_iter``).
+LBFGS_ITERATIONS = 20
+
+#: ``lr_schedule="step"`` divides the rate by 10 every third of ``max_epochs``;
+#: ``"plateau"`` divides it by 10 after this many epochs without a better loss.
+STEP_GAMMA = 0.1
+PLATEAU_PATIENCE = 2
+
+
+def solver_settings(
+    solver: Solver, *, lr: float, weight_decay: float, momentum: float, batch_size: int, n_train: int
+) -> dict[str, Any]:
+    """The skorch net settings of ``solver``: the optimizer, its arguments and the batching.
+
+    Examples
+    --------
+    >>> from sklearn_finetune._optimization import solver_settings
+    >>> settings = solver_settings(
+    ...     "sgd", lr=0.1, weight_decay=0.0, momentum=0.9, batch_size=32, n_train=100
+    ... )
+    >>> settings["optimizer"].__name__, settings["optimizer__momentum"]
+    ('SGD', 0.9)
+    """
+    if solver == "lbfgs":
+        return dict(
+            optimizer=torch.optim.LBFGS,
+            optimizer__lr=1.0,
+            optimizer__max_iter=LBFGS_ITERATIONS,
+            optimizer__line_search_fn="strong_wolfe",
+            l2_penalty=weight_decay,
+            batch_size=-1,  # skorch: the whole training set in one batch
+            iterator_train__shuffle=False,
+        )
+    settings: dict[str, Any] = dict(
+        lr=lr,
+        batch_size=batch_size,
+        iterator_train__shuffle=True,
+        iterator_train__drop_last=n_train > 1 and n_train % batch_size == 1,
+    )
+    if solver == "sgd":
+        settings.update(optimizer=torch.optim.SGD, optimizer__momentum=momentum)
+    elif isinstance(solver, str):
+        settings["optimizer"] = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[solver]
+    else:
+        settings["optimizer"] = solver
+    if weight_decay or isinstance(solver, str):
+        settings["optimizer__weight_decay"] = weight_decay
+    return settings
+
+
+def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool) -> int:
+    """Optimizer steps in one epoch of ``n_train`` rows."""
+    return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+
+
+class WarmupCosine:
+    """The factor of a linear warmup followed by a cosine decay to 0, per optimizer step.
+
+    Parameters
+    ----------
+    total_steps : int
+        Steps of the whole training.
+    warmup_steps : int
+        Steps of the linear warmup, from ``1 / warmup_steps`` to 1.
+
+    Examples
+    --------
+    >>> from sklearn_finetune._optimization import WarmupCosine
+    >>> factor = WarmupCosine(total_steps=10, warmup_steps=2)
+    >>> [round(factor(step), 2) for step in range(10)]
+    [0.5, 1.0, 1.0, 0.96, 0.85, 0.69, 0.5, 0.31, 0.15, 0.04]
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int) -> None:
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def schedule_callback(
+    schedule: str, *, max_epochs: int, steps: int, warmup_epochs: float, monitor: str
+) -> LRScheduler:
+    """skorch's ``LRScheduler`` for ``lr_schedule``; the rate of each step is in ``history_``.
+
+    ``"cosine"`` and ``"warmup_cosine"`` change the rate after every
+    optimizer step (``steps`` per epoch), ``"step"`` and ``"plateau"`` after
+    every epoch; ``monitor`` is the history column ``"plateau"`` watches.
+    """
+    if schedule in ("cosine", "warmup_cosine"):
+        warmup = round(warmup_epochs * steps) if schedule == "warmup_cosine" else 0
+        factor = WarmupCosine(max_epochs * steps, warmup)
+        return LRScheduler(torch.optim.lr_scheduler.LambdaLR, step_every="batch", lr_lambda=factor)
+    if schedule == "step":
+        return LRScheduler(
+            torch.optim.lr_scheduler.StepLR, step_size=max(1, max_epochs // 3), gamma=STEP_GAMMA
+        )
+    return LRScheduler(
+        torch.optim.lr_scheduler.ReduceLROnPlateau,
+        monitor=monitor,
+        factor=STEP_GAMMA,
+        patience=PLATEAU_PATIENCE,
+    )
+
+
+def block_learning_rates(
+    blocks: list[list[str]], top_lr: float, decay: float, prefix: str = "encoder."
+) -> list[tuple[str, dict[str, float]]]:
+    """skorch ``optimizer__param_groups`` for layer-wise learning-rate decay.
+
+    The top block trains at ``top_lr`` and each block below at the rate of
+    the block above times ``decay``. One group per block; each parameter is
+    matched by its exact name under ``prefix``.
+
+    Examples
+    --------
+    >>> from sklearn_finetune._optimization import block_learning_rates
+    >>> block_learning_rates([["a"], ["b"]], top_lr=0.1, decay=0.5)
+    [('encoder.a', {'lr': 0.05}), ('encoder.b', {'lr': 0.1})]
+    """
+    top = len(blocks) - 1
+    return [
+        (prefix + name, {"lr": top_lr * decay ** (top - depth)})
+        for depth, block in enumerate(blocks)
+        for name in block
+    ]
