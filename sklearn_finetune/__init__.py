@@ -5,7 +5,8 @@
 
 from ._cache import FeatureCache
 from ._classifier import FoundationClassifier
+from ._plotting import HistoryDisplay
 from ._regressor import FoundationRegressor
 
-__all__ = ["FeatureCache", "FoundationClassifier", "FoundationRegressor"]
+__all__ = ["FeatureCache", "FoundationClassifier", "FoundationRegressor", "HistoryDisplay"]
 __version__ = "0.1.0"

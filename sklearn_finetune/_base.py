@@ -670,6 +670,7 @@ class FoundationEstimator(BaseEstimator):
             cache=cache,
             key=key,
             precision=self.precision,
+            progress=self.verbose >= 2,
         )
         return torch.as_tensor(features, device=device)
 

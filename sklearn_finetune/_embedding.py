@@ -6,11 +6,12 @@ import numpy as np
 import torch
 from skorch.utils import multi_indexing, to_tensor
 from torch import nn
+from tqdm.auto import tqdm
 
 from ._cache import FeatureCache
+from ._device import autocast
 from ._encoder import preserved_modes, prepare_encoder
 from ._fingerprint import encoder_fingerprint, row_digests
-from ._device import autocast
 from ._module import call_encoder, explained_failure
 from ._representation import Representation
 from ._validation import ModelInput, n_samples
@@ -24,12 +25,14 @@ def encode(
     device: torch.device,
     batch_size: int,
     precision: str = "32",
+    progress: bool = False,
 ) -> np.ndarray:
     """Run a frozen encoder over X once: eval mode, inference mode, in batches.
 
     The encoder is used where it is when it already lives on ``device``, and
     a copy is moved there otherwise; its train/eval flags are restored.
-    ``precision`` ``"bf16"`` or ``"16"`` runs it under autocast.
+    ``precision`` ``"bf16"`` or ``"16"`` runs it under autocast; ``progress``
+    shows a tqdm bar over the batches.
 
     Returns
     -------
@@ -39,7 +42,8 @@ def encode(
     chunks = []
     with torch.inference_mode(), preserved_modes(encoder), autocast(device, precision):
         encoder.eval()
-        for start in range(0, n_samples(X), batch_size):
+        starts = range(0, n_samples(X), batch_size)
+        for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress, leave=False):
             batch = to_tensor(multi_indexing(X, slice(start, start + batch_size)), device)
             with explained_failure(batch):
                 output = call_encoder(encoder, batch)
@@ -70,6 +74,7 @@ def embed(
     cache: FeatureCache | None,
     key: str | None = None,
     precision: str = "32",
+    progress: bool = False,
 ) -> np.ndarray:
     """The features of X under a frozen encoder, encoding only what ``cache`` lacks.
 
@@ -84,7 +89,13 @@ def embed(
     """
     if cache is None:
         return encode(
-            encoder, representation, X, device=device, batch_size=batch_size, precision=precision
+            encoder,
+            representation,
+            X,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            progress=progress,
         )
     if key is None:
         key = cache_key(encoder, representation, device, precision)
@@ -98,5 +109,6 @@ def embed(
             device=device,
             batch_size=batch_size,
             precision=precision,
+            progress=progress,
         ),
     )
