@@ -45,7 +45,7 @@ def main() -> None:
     ).fit(images[seen], y[seen])
     pretrained = pretraining.encoder_
     print(f"Pretrained on digits 0-4: validation accuracy "
-          f"{pretraining.history_[-1, 'valid_acc']:.3f}\n")
+          f"{pretraining.history_[-1, 'valid_accuracy']:.3f}\n")
 
     candidates = {
         "linear probe, pretrained": FoundationClassifier(pretrained, random_state=0),

@@ -160,3 +160,20 @@ def test_multilabel_validation_data_and_errors(digits):
         clf.set_params(val_split=(X[:50], Y[:50, :2])).fit(X, Y)
     with pytest.raises(ValueError, match="class_weight does not apply to multilabel y"):
         FoundationClassifier(nn.Linear(64, 8), class_weight="balanced").fit(X, Y)
+
+
+def test_calibration_and_bagging_wrap_the_estimator(digits, pretrained_encoder):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import BaggingClassifier
+
+    X, y = digits
+    probe = FoundationClassifier(pretrained_encoder, lr=1e-2, random_state=0)
+    calibrated = CalibratedClassifierCV(probe, cv=3, method="sigmoid").fit(X[:300], y[:300])
+    proba = calibrated.predict_proba(X[300:])
+    assert proba.shape == (100, 10) and np.allclose(proba.sum(axis=1), 1)
+    assert calibrated.score(X[300:], y[300:]) > 0.8
+    # Bagging draws bootstrap samples as integer sample weights, which the loss honours.
+    bagged = BaggingClassifier(probe, n_estimators=3, random_state=0).fit(X[:300], y[:300])
+    members = np.stack([m.predict_proba(X[300:]) for m in bagged.estimators_])
+    assert members.std(axis=0).mean() > 0  # the spread is the uncertainty estimate
+    assert bagged.score(X[300:], y[300:]) > 0.8
