@@ -239,3 +239,21 @@ def test_verbose_2_shows_progress_bars(digits, capsys):
     captured = capsys.readouterr()
     assert "train_loss" in captured.out
     assert "it/s" in captured.err or "batch" in captured.err
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(unfreeze_at=1, unfreeze_mode="top_down", layer_decay=0.8, lr_schedule="warmup_cosine"),
+        dict(lr_schedule="plateau", class_weight="balanced", patience=2, precision="bf16"),
+    ],
+)
+def test_fitted_estimators_with_callbacks_pickle(digits, params):
+    import pickle
+
+    X, y = digits
+    encoder = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+    clf = FoundationClassifier(encoder, max_epochs=3, random_state=0, **params).fit(X, y)
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    assert again.best_epoch_ == clf.best_epoch_
