@@ -177,3 +177,22 @@ def test_calibration_and_bagging_wrap_the_estimator(digits, pretrained_encoder):
     members = np.stack([m.predict_proba(X[300:]) for m in bagged.estimators_])
     assert members.std(axis=0).mean() > 0  # the spread is the uncertainty estimate
     assert bagged.score(X[300:], y[300:]) > 0.8
+
+
+def test_class_weight_dict_weighs_the_named_labels(digits, pretrained_encoder):
+    X, y = digits
+    labels = np.where(y == 0, "zero", "other")
+    ignore_zero = lbfgs_probe(pretrained_encoder, class_weight={"zero": 0.0}).fit(X, labels)
+    assert set(ignore_zero.predict(X)) == {"other"}
+    plain = lbfgs_probe(pretrained_encoder, class_weight={"zero": 1.0}).fit(X, labels)
+    assert (plain.predict(X) == "zero").sum() > 30
+
+
+def test_bad_regression_loss_fails_before_training(digits):
+    X, y = digits
+    reg = FoundationRegressor(nn.Linear(64, 4), loss="absolute_error")
+    with pytest.raises(ValueError, match="'loss' parameter"):
+        reg.fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="scoring='accuracy' is not a validation score"):
+        reg.set_params(loss="huber", scoring="accuracy").fit(X, y.astype(float))
+    assert not hasattr(reg, "net_")
