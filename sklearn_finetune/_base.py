@@ -161,8 +161,9 @@ SHARED_PARAMETERS = """\
 
     lr_schedule : {"cosine", "warmup_cosine", "step", "plateau"} or None, default=None
         How the learning rates change during training; every group follows
-        the same factor and ``history_`` records the head's rate
-        (``"event_lr"``). ``"cosine"``: cosine decay to 0 over
+        the same factor, and ``history_`` records the rate of the first
+        group as ``"event_lr"`` (the head's when the backbone is frozen, the
+        lowest backbone group's otherwise). ``"cosine"``: cosine decay to 0 over
         ``max_epochs``, updated after every batch. ``"warmup_cosine"``: a
         linear warmup over ``warmup_epochs``, then cosine decay.
         ``"step"``: divided by 10 every ``max_epochs // 3`` epochs.

@@ -31,9 +31,9 @@ def _as_labels(y: Any) -> np.ndarray:
 
 def _as_indicator(y: Any, n_labels: int | None = None) -> np.ndarray | None:
     """y as a float 0/1 matrix when it is a multilabel indicator matrix, else None."""
-    if isinstance(y, (list, tuple)) or not hasattr(y, "shape"):
+    if not hasattr(y, "shape"):
         y = np.asarray(y)
-    if getattr(y, "ndim", 1) != 2 or type_of_target(y) != "multilabel-indicator":
+    if y.ndim != 2 or type_of_target(y) != "multilabel-indicator":
         return None
     y = check_array(y, dtype=np.float32, input_name="y")
     if n_labels is not None and y.shape[1] != n_labels:
