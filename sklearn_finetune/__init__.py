@@ -4,9 +4,10 @@
 """
 
 from ._cache import FeatureCache
+from ._checkpoint import load_weights
 from ._classifier import FoundationClassifier
 from ._plotting import HistoryDisplay
 from ._regressor import FoundationRegressor
 
-__all__ = ["FeatureCache", "FoundationClassifier", "FoundationRegressor", "HistoryDisplay"]
+__all__ = ["FeatureCache", "FoundationClassifier", "FoundationRegressor", "HistoryDisplay", "load_weights"]
 __version__ = "0.1.0"
