@@ -8,6 +8,11 @@ from ._checkpoint import load_weights
 from ._classifier import FoundationClassifier
 from ._plotting import HistoryDisplay
 from ._regressor import FoundationRegressor
+from ._text import Tokenizer
 
-__all__ = ["FeatureCache", "FoundationClassifier", "FoundationRegressor", "HistoryDisplay", "load_weights"]
+__all__ = [
+    "FeatureCache", "FoundationClassifier", "FoundationRegressor", "HistoryDisplay",
+    "Tokenizer",
+    "load_weights",
+]
 __version__ = "0.1.0"

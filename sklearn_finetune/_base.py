@@ -32,7 +32,7 @@ from ._cache import FeatureCache
 from ._device import PRECISIONS, check_precision, resolve_device
 from ._embedding import cache_key, embed
 from ._encoder import preserved_modes, prepare_encoder
-from ._heads import HEADS, HeadSpec, build_head, mlp_backbone
+from ._heads import HEADS, AttentionPooling, HeadSpec, build_head, mlp_backbone
 from ._metrics import SCORES, ValidationScores, greater_is_better
 from ._module import FoundationModule, representation_size
 from ._net import FoundationNet
@@ -226,17 +226,26 @@ SHARED_PARAMETERS = """\
 
     output_key : str or None, default=None
         Which entry of a mapping output holds the representation. ``None``
-        takes the first of ``"feature"``, ``"features"``, ``"pooler_output"``
-        and ``"last_hidden_state"`` that is present and not None.
+        takes the first of ``"feature"``, ``"features"``,
+        ``"last_hidden_state"`` and ``"pooler_output"`` that is present and
+        not None: for a Hugging Face model, the last hidden state, pooled
+        as ``pooling`` says (BERT's ``pooler_output`` was trained for
+        next-sentence prediction; sentence-transformers mean-pool instead).
 
-    pooling : {"mean", "max", "cls", "flatten"} or callable, default="mean"
+    pooling : {"mean", "max", "cls", "flatten", "attention"} or callable, default="mean"
         How an output with more than two axes becomes ``(batch, features)``.
         3-D outputs are read as ``(batch, tokens, features)`` and 4-D+ as
         channels-first ``(batch, channels, *spatial)``: ``"mean"`` and
-        ``"max"`` reduce over the tokens or the spatial axes, ``"cls"`` takes
-        the first token, ``"flatten"`` keeps everything. A callable (defined
-        at module level, so the estimator pickles) gets the tensor and
-        returns ``(batch, features)``. 2-D outputs pass through.
+        ``"max"`` reduce over the tokens or the spatial axes, over the real
+        tokens only when X is a dict with an ``attention_mask`` (a
+        tokenizer's output, see :class:`Tokenizer`); ``"cls"`` takes the
+        first token, ``"flatten"`` keeps everything. ``"attention"`` is
+        learned: the head starts with an attention pooling over the real
+        tokens (or spatial positions), trained with it; a frozen backbone
+        then caches every token's features, ``tokens`` times the memory of
+        a pooled representation. A callable (defined at module level, so
+        the estimator pickles) gets the tensor and returns ``(batch,
+        features)``. 2-D outputs pass through.
 
     cache : bool, str, path-like or FeatureCache, default=True
         Where a frozen backbone's features are kept between fits and
@@ -575,6 +584,7 @@ class FoundationEstimator(BaseEstimator):
         return self.batch_size if self.inference_batch_size is None else self.inference_batch_size
 
     def _build_head(self, width: int, device: torch.device) -> nn.Module:
+        """The head for ``width`` features, after an attention pooling when ``pooling="attention"``."""
         head = build_head(
             self.head,
             width,
@@ -583,6 +593,8 @@ class FoundationEstimator(BaseEstimator):
             dropout=self.dropout,
             batch_norm=self.batch_norm,
         )
+        if self.pooling == "attention":
+            head = nn.Sequential(AttentionPooling(width), head)
         return head.to(device)
 
     def _callbacks(self, has_validation: bool, steps: int, blocks: list | None) -> list:
@@ -696,7 +708,7 @@ class FoundationEstimator(BaseEstimator):
         elif valid is not None:
             train_split = predefined_split(Dataset(features[valid], [t[valid] for t in y]))
             features, y = features[train], [t[train] for t in y]
-        head = self._build_head(features.shape[1], device)
+        head = self._build_head(representation.width(features), device)
         net = self._build_net(
             head,
             len(features),

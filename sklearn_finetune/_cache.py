@@ -138,11 +138,12 @@ class FeatureCache:
         compute : callable
             Called at most once, with the positions (into ``digests``) of the
             samples to encode, one per distinct missing digest; returns
-            their features as an array of shape ``(len(positions), width)``.
+            their features as an array of shape ``(len(positions), width)``
+            (or ``(len(positions), tokens, width)``: rows of any shape).
 
         Returns
         -------
-        ndarray of shape (len(digests), width)
+        ndarray of shape (len(digests), ...)
         """
         if self.directory is not None:
             self._read_new_files(key)
@@ -161,13 +162,13 @@ class FeatureCache:
         if missing:
             positions = np.fromiter(missing.values(), dtype=np.int64, count=len(missing))
             computed = np.ascontiguousarray(compute(positions), dtype=np.float32)
-            if computed.ndim != 2 or len(computed) != len(positions):
+            if computed.ndim < 2 or len(computed) != len(positions):
                 raise ValueError(
                     f"compute must return one row per position; got shape {computed.shape} "
                     f"for {len(positions)} positions."
                 )
-        width = computed.shape[1] if computed is not None else next(iter(gathered.values())).shape[0]
-        out = np.empty((len(digests), width), dtype=np.float32)
+        row_shape = computed.shape[1:] if computed is not None else next(iter(gathered.values())).shape
+        out = np.empty((len(digests), *row_shape), dtype=np.float32)
         for position, row in gathered.items():
             out[position] = row
         if computed is not None:
@@ -294,7 +295,7 @@ def _read_block(key: str, file: Path) -> _Block | None:
         stream = io.BytesIO(data)
         digests = [digest.tobytes() for digest in np.load(stream, allow_pickle=False)]
         features = np.load(stream, allow_pickle=False)
-        if features.ndim != 2 or len(features) != len(digests):
+        if features.ndim < 2 or len(features) != len(digests):
             raise ValueError(f"{len(digests)} digests for features of shape {features.shape}")
     except Exception as exc:  # any damage means: recompute, never return it
         warnings.warn(

@@ -12,7 +12,7 @@ from ._cache import FeatureCache
 from ._device import autocast
 from ._encoder import preserved_modes, prepare_encoder
 from ._fingerprint import encoder_fingerprint, row_digests
-from ._module import call_encoder, explained_failure
+from ._module import attention_mask, call_encoder, explained_failure
 from ._representation import Representation
 from ._validation import ModelInput, n_samples
 
@@ -37,6 +37,7 @@ def encode(
     Returns
     -------
     ndarray of shape (n_samples, width), float32
+        Or ``(n_samples, tokens, width + 1)`` for ``pooling="attention"``.
     """
     encoder = prepare_encoder(encoder, trainable=False, device=device)
     chunks = []
@@ -47,7 +48,8 @@ def encode(
             batch = to_tensor(multi_indexing(X, slice(start, start + batch_size)), device)
             with explained_failure(batch):
                 output = call_encoder(encoder, batch)
-            chunks.append(representation(output).float().cpu().numpy())
+            features = representation(output, attention_mask(batch))
+            chunks.append(features.float().cpu().numpy())
     return np.concatenate(chunks)
 
 

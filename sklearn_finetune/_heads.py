@@ -1,4 +1,4 @@
-"""The trainable layers: prediction heads, and the MLP backbone used when no encoder is given."""
+"""The trainable layers: prediction heads, attention pooling, and the MLP backbone used when no encoder is given."""
 
 from __future__ import annotations
 
@@ -136,6 +136,41 @@ def _checked_head(head: object, in_features: int, out_features: int) -> nn.Modul
             f"output per class or target); it returned {shape} for a batch of 2."
         )
     return head
+
+
+class AttentionPooling(nn.Module):
+    """A learned weighted mean over tokens: the first layer of the head for ``pooling="attention"``.
+
+    Each real token gets a score ``w . h_t + b``; the softmax of the scores
+    over the sample's real tokens weights their mean (attention-based
+    pooling, Ilse et al. 2018). ``w`` starts at zero, so training starts
+    from the plain mean over the real tokens. Padding never gets weight.
+
+    Parameters
+    ----------
+    in_features : int
+        Features per token.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_finetune._heads import AttentionPooling
+    >>> tokens = torch.tensor([[[1.0, 1.0], [3.0, 1.0], [100.0, 0.0]]])  # last channel: real?
+    >>> AttentionPooling(1)(tokens)
+    tensor([[2.]], grad_fn=<SumBackward1>)
+    """
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(in_features, 1)
+        nn.init.zeros_(self.score.weight)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(batch, tokens, in_features + 1)``, the last channel 1 for real tokens -> ``(batch, in_features)``."""
+        hidden, real = tokens[..., :-1], tokens[..., -1] > 0
+        scores = self.score(hidden).squeeze(-1).masked_fill(~real, float("-inf"))
+        weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a sample of padding only: zeros
+        return (weights.unsqueeze(-1) * hidden).sum(1)
 
 
 def mlp_backbone(sample_shape: Sequence[int]) -> nn.Sequential:

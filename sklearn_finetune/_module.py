@@ -20,6 +20,11 @@ def call_encoder(encoder: nn.Module, X: Any) -> Any:
     return encoder(X)
 
 
+def attention_mask(batch: Any) -> torch.Tensor | None:
+    """The ``attention_mask`` entry of a dict batch (a tokenizer's output), else None."""
+    return batch.get("attention_mask") if isinstance(batch, Mapping) else None
+
+
 @contextlib.contextmanager
 def explained_failure(batch: Any) -> Iterator[None]:
     """Re-raise an encoder's failure on ``batch`` as a ValueError saying what it was given."""
@@ -53,7 +58,7 @@ def representation_size(encoder: nn.Module, representation: Representation, batc
         encoder.eval()
         with explained_failure(batch):
             output = call_encoder(encoder, batch)
-        return representation(output).shape[1]
+        return representation.width(representation(output, attention_mask(batch)))
 
 
 class FoundationModule(nn.Module):
@@ -85,7 +90,8 @@ class FoundationModule(nn.Module):
     def embed(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The representation of a batch: encoder, then output selection and pooling."""
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
-            return self.representation(self.encoder(*args, **kwargs))
+            output = self.encoder(*args, **kwargs)
+        return self.representation(output, kwargs.get("attention_mask"))
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.head(self.embed(*args, **kwargs))

@@ -2,7 +2,8 @@
 
 Two steps, each a plain function so that it can be tested and reused on its
 own: :func:`select_output` picks the tensor out of the encoder's output and
-:func:`pool` reduces its extra axes. :class:`Representation` chains them as a
+:func:`pool` reduces its extra axes, over the real tokens only when the input
+came with an ``attention_mask``. :class:`Representation` chains them as a
 parameter-free ``nn.Module``.
 """
 
@@ -16,9 +17,9 @@ from torch import nn
 
 #: Keys tried, in order, when ``output_key=None`` and the encoder returns a
 #: mapping (a dict or a Hugging Face ``ModelOutput``).
-DEFAULT_OUTPUT_KEYS = ("feature", "features", "pooler_output", "last_hidden_state")
+DEFAULT_OUTPUT_KEYS = ("feature", "features", "last_hidden_state", "pooler_output")
 
-POOLINGS = ("mean", "max", "cls", "flatten")
+POOLINGS = ("mean", "max", "cls", "flatten", "attention")
 
 Pooling = Union[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -88,7 +89,34 @@ def select_output(output: Any, output_key: str | None = None) -> torch.Tensor:
     )
 
 
-def pool(hidden: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
+def _mask_for(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The ``(batch, tokens)`` mask as booleans, checked against a 3-D output; None if it has none."""
+    if mask is None or hidden.ndim != 3:
+        return None
+    if tuple(mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(
+            f"The attention_mask of shape {tuple(mask.shape)} does not match the encoder's "
+            f"output of shape {tuple(hidden.shape)} (batch, tokens, features); pass a "
+            f"pooling callable for this encoder."
+        )
+    return mask.bool()
+
+
+def tokens(hidden: torch.Tensor) -> torch.Tensor:
+    """A 3-D output as it is, a 4-D+ channels-first one as ``(batch, positions, channels)``."""
+    if hidden.ndim == 3:
+        return hidden
+    if hidden.ndim > 3:
+        return hidden.flatten(2).transpose(1, 2)
+    raise ValueError(
+        "pooling='attention' attends over tokens or spatial positions; the encoder "
+        f"returned shape {tuple(hidden.shape)}, which has neither."
+    )
+
+
+def pool(
+    hidden: torch.Tensor, pooling: Pooling = "mean", mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Reduce an encoder output of shape ``(batch, ...)`` to ``(batch, features)``.
 
     Axis conventions: a 3-D output is ``(batch, tokens, features)`` as in
@@ -106,6 +134,10 @@ def pool(hidden: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
         ``"flatten"`` keeps every value. A callable receives the tensor and
         must return ``(batch, features)``: use one for layouts the conventions
         above do not fit, such as a Conv1d's ``(batch, channels, time)``.
+    mask : torch.Tensor of shape (batch, tokens) or None, default=None
+        Which tokens of a 3-D output are real (1) rather than padding (0),
+        as a tokenizer's ``attention_mask``: ``"mean"`` and ``"max"`` use the
+        real tokens only. Other outputs and poolings ignore it.
 
     Returns
     -------
@@ -119,6 +151,9 @@ def pool(hidden: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
     torch.Size([4, 16])
     >>> pool(torch.ones(4, 32, 3, 3), "flatten").shape
     torch.Size([4, 288])
+    >>> hidden = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> pool(hidden, "mean", mask=torch.tensor([[1, 1, 0]]))
+    tensor([[2.]])
     """
     if callable(pooling):
         pooled = pooling(hidden)
@@ -143,22 +178,34 @@ def pool(hidden: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
         return hidden[:, 0]
     if hidden.ndim == 2:
         return hidden
+    mask = _mask_for(hidden, mask)
     axes = (1,) if hidden.ndim == 3 else tuple(range(2, hidden.ndim))
     if pooling == "mean":
-        return hidden.mean(dim=axes)
+        if mask is None:
+            return hidden.mean(dim=axes)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
     if pooling == "max":
-        return hidden.amax(dim=axes)
+        if mask is None:
+            return hidden.amax(dim=axes)
+        return hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1).nan_to_num(neginf=0.0)
     raise ValueError(f"pooling must be one of {POOLINGS} or a callable; got {pooling!r}.")
 
 
 class Representation(nn.Module):
     """Encoder output -> ``(batch, features)`` tensor: selection, then pooling.
 
+    With ``pooling="attention"`` the pooling is learned, so it belongs to the
+    head (see :class:`~sklearn_finetune._heads.AttentionPooling`): the
+    representation is then the tokens, ``(batch, tokens, features + 1)``,
+    whose last channel marks the real tokens (1) and the padding (0). That is
+    what a frozen backbone's cache holds, and what the head pools.
+
     Parameters
     ----------
     output_key : str or None, default=None
         See :func:`select_output`.
-    pooling : {"mean", "max", "cls", "flatten"} or callable, default="mean"
+    pooling : {"mean", "max", "cls", "flatten", "attention"} or callable, default="mean"
         See :func:`pool`.
     """
 
@@ -167,5 +214,18 @@ class Representation(nn.Module):
         self.output_key = output_key
         self.pooling = pooling
 
-    def forward(self, output: Any) -> torch.Tensor:
-        return pool(select_output(output, self.output_key), self.pooling)
+    def forward(self, output: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Select and pool ``output``; ``mask`` is the batch's ``attention_mask``, if any."""
+        hidden = select_output(output, self.output_key)
+        if self.pooling != "attention":
+            return pool(hidden, self.pooling, mask)
+        hidden = tokens(hidden)
+        mask = _mask_for(hidden, mask)
+        real = hidden.new_ones(hidden.shape[:2]) if mask is None else mask.to(hidden.dtype)
+        return torch.cat([hidden, real.unsqueeze(-1)], dim=-1)
+
+    def width(self, representation: torch.Tensor) -> int:
+        """The number of features per sample the head pools or takes."""
+        if self.pooling == "attention":
+            return representation.shape[-1] - 1
+        return representation.shape[1]

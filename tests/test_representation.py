@@ -18,9 +18,10 @@ def test_select_output_reads_tensors_sequences_and_mappings():
     assert select_output(t) is t
     assert select_output((t, torch.zeros(1))) is t
     assert select_output([t]) is t
-    hf_like = OrderedDict(last_hidden_state=torch.zeros(2, 4, 3), pooler_output=t)
-    assert select_output(hf_like) is t  # pooler_output comes first
-    assert select_output(hf_like, "last_hidden_state").shape == (2, 4, 3)
+    hidden = torch.zeros(2, 4, 3)
+    hf_like = OrderedDict(pooler_output=t, last_hidden_state=hidden)
+    assert select_output(hf_like) is hidden  # last_hidden_state comes first
+    assert select_output(hf_like, "pooler_output") is t
     assert select_output({"feature": t, "pooler_output": None}) is t
     assert select_output({"pooler_output": None, "last_hidden_state": t}) is t
 
@@ -53,6 +54,33 @@ def test_pool_follows_token_and_channel_conventions():
     assert pool(torch.randn(2, 7)).shape == (2, 7)
     assert pool(torch.randn(2)).shape == (2, 1)
     torch.testing.assert_close(pool(tokens, lambda h: h.sum(1)), tokens.sum(1))
+
+
+def test_masked_pooling_ignores_padding_and_checks_the_mask():
+    tokens = torch.arange(24.0).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    torch.testing.assert_close(pool(tokens, "mean", mask), torch.stack([tokens[0, :2].mean(0), tokens[1, 0]]))
+    torch.testing.assert_close(pool(tokens, "max", mask), torch.stack([tokens[0, 1], tokens[1, 0]]))
+    torch.testing.assert_close(pool(tokens, "cls", mask), tokens[:, 0])
+    assert pool(tokens, "flatten", mask).shape == (2, 12)
+    empty = torch.zeros(2, 3, dtype=torch.long)  # a sample of padding only pools to zeros
+    torch.testing.assert_close(pool(tokens, "mean", empty), torch.zeros(2, 4))
+    torch.testing.assert_close(pool(tokens, "max", empty), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"attention_mask of shape \(2, 5\)"):
+        pool(tokens, "mean", torch.ones(2, 5))
+
+
+def test_attention_pooling_over_the_positions_of_a_feature_map(digits):
+    """A CNN's (batch, channels, h, w) map: the head attends over the h * w positions."""
+    X, y = digits
+    cnn = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 6, 3), nn.ReLU())
+    clf = FoundationClassifier(cnn, pooling="attention", max_epochs=3, random_state=0).fit(X, y)
+    features = clf._embed(clf.encoder_, clf.module_.representation, X[:4].astype("float32"), clf.device_, None)
+    assert features.shape == (4, 36, 7)  # 6x6 positions, 6 channels and the mask channel
+    assert torch.equal(features[..., -1], torch.ones(4, 36))
+    assert clf.predict_proba(X[:4]).shape == (4, 10)
+    with pytest.raises(ValueError, match="pooling='attention' attends over tokens"):
+        FoundationClassifier(nn.Linear(64, 8), pooling="attention").fit(X, y)
 
 
 def test_pool_errors():
