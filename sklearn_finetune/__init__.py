@@ -6,12 +6,13 @@
 from ._cache import FeatureCache
 from ._checkpoint import load_weights
 from ._classifier import FoundationClassifier
+from ._embedder import FoundationEmbedder
 from ._plotting import HistoryDisplay
 from ._regressor import FoundationRegressor
 from ._text import Tokenizer
 
 __all__ = [
-    "FeatureCache", "FoundationClassifier", "FoundationRegressor", "HistoryDisplay",
+    "FeatureCache", "FoundationClassifier", "FoundationEmbedder", "FoundationRegressor", "HistoryDisplay",
     "Tokenizer",
     "load_weights",
 ]

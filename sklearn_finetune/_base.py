@@ -28,7 +28,7 @@ from torch.utils.data import Subset
 
 from ._batches import feature_batches
 from ._blocks import UNFREEZE_MODES, BackboneUnfreezing, backbone_blocks
-from ._cache import FeatureCache
+from ._cache import FeatureCache, feature_cache
 from ._device import PRECISIONS, check_precision, resolve_device
 from ._embedding import cache_key, embed
 from ._encoder import preserved_modes, prepare_encoder
@@ -478,11 +478,7 @@ class FoundationEstimator(BaseEstimator):
         return validate_X(self, X, reset=reset, for_mlp=self.encoder is None)
 
     def _feature_cache(self) -> FeatureCache | None:
-        if isinstance(self.cache, FeatureCache):
-            return self.cache
-        if isinstance(self.cache, (str, os.PathLike)):
-            return FeatureCache.at(self.cache)  # refuses a path that is not a directory
-        return FeatureCache.default() if self.cache else None
+        return feature_cache(self.cache)
 
     def _check_settings(self, has_validation: bool) -> None:
         """Refuse combinations of parameters that cannot work, before any encoding."""
@@ -844,27 +840,33 @@ class FoundationEstimator(BaseEstimator):
     # scikit-learn protocol ---------------------------------------------------
 
     def __sklearn_clone__(self) -> FoundationEstimator:
-        """An unfitted copy that shares the encoder and cache objects instead of deep-copying them.
-
-        ``fit`` never changes the encoder it is given (a trained backbone is
-        copied at fit time), so sharing it is safe, and it saves GridSearchCV
-        and cross_val_score a deep copy of a possibly large model per
-        candidate and fold. The cache is shared for the same reason a cache
-        exists. Every other parameter is cloned as :func:`sklearn.base.clone`
-        would.
-        """
-        params = self.get_params(deep=False)
-        shared = {name: params.pop(name) for name in ("encoder", "cache")}
-        new = type(self)(**shared, **{k: clone(v, safe=False) for k, v in params.items()})
-        if hasattr(self, "_metadata_request"):
-            new._metadata_request = copy.deepcopy(self._metadata_request)
-        return new
+        """An unfitted copy that shares the encoder and cache objects (see :func:`clone_sharing`)."""
+        return clone_sharing(self)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         tags.input_tags.dict = True
         return tags
+
+
+def clone_sharing(estimator: BaseEstimator, shared: tuple[str, ...] = ("encoder", "cache")) -> Any:
+    """An unfitted copy of ``estimator`` that shares the ``shared`` parameters' objects.
+
+    ``fit`` never changes the encoder it is given (a trained backbone is
+    copied at fit time), so sharing it is safe, and it saves GridSearchCV
+    and cross_val_score a deep copy of a possibly large model per candidate
+    and fold. The cache is shared for the same reason a cache exists. Every
+    other parameter is cloned as :func:`sklearn.base.clone` would, and so
+    are metadata requests and the ``set_output`` configuration.
+    """
+    params = estimator.get_params(deep=False)
+    kept = {name: params.pop(name) for name in shared}
+    new = type(estimator)(**kept, **{k: clone(v, safe=False) for k, v in params.items()})
+    for state in ("_metadata_request", "_sklearn_output_config"):
+        if hasattr(estimator, state):
+            setattr(new, state, copy.deepcopy(getattr(estimator, state)))
+    return new
 
 
 def _index_split(

@@ -275,6 +275,15 @@ class FeatureCache:
         return f"FeatureCache({where}max_bytes={self.max_bytes})"
 
 
+def feature_cache(setting: bool | str | os.PathLike | FeatureCache) -> FeatureCache | None:
+    """The cache a ``cache`` parameter names: True the default, a path one on disk, False none."""
+    if isinstance(setting, FeatureCache):
+        return setting
+    if isinstance(setting, (str, os.PathLike)):
+        return FeatureCache.at(setting)  # refuses a path that is not a directory
+    return FeatureCache.default() if setting else None
+
+
 def _checked_directory(directory: str | os.PathLike) -> Path:
     if not os.fspath(directory) or os.path.isfile(directory):
         raise ValueError(

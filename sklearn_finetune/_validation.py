@@ -22,6 +22,7 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from sklearn.utils.validation import check_array, validate_data
 
 ModelInput = Union[np.ndarray, dict[str, np.ndarray]]
@@ -104,6 +105,11 @@ def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelIn
     -------
     numpy.ndarray or dict of numpy.ndarray
     """
+    if sparse.issparse(X):  # before the Mapping test: scipy's dok_array is a dict
+        raise TypeError(
+            f"Sparse data was passed as X ({type(X).__name__}), but encoders take dense "
+            f"input; convert it with X.toarray()."
+        )
     if isinstance(X, Mapping):
         X = _validate_dict(X, for_mlp=for_mlp)
         if reset:
