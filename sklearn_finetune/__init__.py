@@ -8,12 +8,20 @@ from ._checkpoint import load_weights
 from ._classifier import FoundationClassifier
 from ._embedder import FoundationEmbedder
 from ._plotting import HistoryDisplay
+from ._probes import OnlineProbe, knn_probe_score, linear_probe_score
 from ._regressor import FoundationRegressor
 from ._text import Tokenizer
 
 __all__ = [
-    "FeatureCache", "FoundationClassifier", "FoundationEmbedder", "FoundationRegressor", "HistoryDisplay",
+    "FeatureCache",
+    "FoundationClassifier",
+    "FoundationEmbedder",
+    "FoundationRegressor",
+    "HistoryDisplay",
+    "OnlineProbe",
     "Tokenizer",
+    "knn_probe_score",
+    "linear_probe_score",
     "load_weights",
 ]
 __version__ = "0.1.0"

@@ -826,16 +826,22 @@ class FoundationEstimator(BaseEstimator):
     # Inference ---------------------------------------------------------------
 
     def _net_predict(self, method: str, X: Any) -> np.ndarray:
-        """Validate X and run one of the skorch net's inference methods on it."""
+        """Validate X and run one of the skorch net's inference methods on it.
+
+        Torch's CPU random state is restored afterwards: each DataLoader
+        draws a seed from it, and predicting should not change what a
+        training loop around it draws next.
+        """
         check_is_fitted(self, "net_")
         X = self._validate_X(X, reset=False)
-        if self.module_.frozen:
-            features = self._embed(
-                self.encoder_, self.module_.representation, X, self.device_, self._feature_cache()
-            )
-            return getattr(self.net_, method)(features)
-        with preserved_modes(self.encoder_):
-            return getattr(self.net_, method)(X)
+        with torch.random.fork_rng(devices=[]):
+            if self.module_.frozen:
+                features = self._embed(
+                    self.encoder_, self.module_.representation, X, self.device_, self._feature_cache()
+                )
+                return getattr(self.net_, method)(features)
+            with preserved_modes(self.encoder_):
+                return getattr(self.net_, method)(X)
 
     # scikit-learn protocol ---------------------------------------------------
 

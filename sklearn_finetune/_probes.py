@@ -1,0 +1,272 @@
+"""The standard protocols for judging a representation: linear probe, k-NN probe, online probe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from skorch.callbacks import Callback
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.multiclass import type_of_target
+from torch import nn
+
+from ._cache import FeatureCache
+from ._classifier import FoundationClassifier
+from ._embedder import FoundationEmbedder
+from ._encoder import module_device
+from ._regressor import FoundationRegressor
+
+#: DINO's k-NN temperature: neighbours vote with weight exp(similarity / T).
+KNN_TEMPERATURE = 0.07
+
+
+def _is_regression(y: Any) -> bool:
+    return type_of_target(y) in ("continuous", "continuous-multioutput")
+
+
+def linear_probe_score(
+    encoder: nn.Module,
+    X: Any,
+    y: Any,
+    *,
+    cv: Any = 5,
+    scoring: Any = None,
+    n_jobs: int | None = None,
+    **params: Any,
+) -> np.ndarray:
+    """The linear-probe benchmark: a frozen encoder, a linear head, cross-validated.
+
+    Each fold fits a :class:`FoundationClassifier` (a :class:`FoundationRegressor`
+    when y is continuous by :func:`sklearn.utils.multiclass.type_of_target`:
+    floats that are not all whole numbers) with a frozen backbone and a linear head trained by
+    full-batch L-BFGS on the features standardised by the training fold
+    (``batch_norm=True``: MAE's linear-probe recipe), which is
+    ``StandardScaler`` then ``LogisticRegression`` (or least squares) on the
+    features. Through the feature cache each sample is encoded once for all
+    folds.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The representation to judge; never changed.
+    X, y : array-like, dict
+        Input and labels (or targets), as for the estimators.
+    cv : int, cross-validation generator or iterable, default=5
+        As for :func:`sklearn.model_selection.cross_val_score` (stratified
+        folds for classification).
+    scoring : str, callable or None, default=None
+        As for ``cross_val_score``; None is accuracy (R² for regression).
+    n_jobs : int or None, default=None
+        Folds fitted in parallel.
+    **params
+        Estimator parameters that override the probe's defaults
+        (``solver="lbfgs"``, ``batch_norm=True``, ``val_split=0``), such as
+        ``weight_decay`` (L2 strength; ``LogisticRegression``'s ``C`` is
+        ``1 / (weight_decay * n_train)``), ``output_key``, ``pooling``,
+        ``cache``, ``device`` or ``random_state``. The backbone is always
+        frozen and the head always linear.
+
+    Returns
+    -------
+    ndarray of shape (n_splits,)
+        One score per fold, as ``cross_val_score`` returns.
+
+    See Also
+    --------
+    knn_probe_score : the k-nearest-neighbour protocol.
+    FoundationEmbedder : the same features for any scikit-learn model.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn_finetune import linear_probe_score
+    >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
+    >>> linear_probe_score(nn.Linear(8, 16), X, y, cv=3).shape
+    (3,)
+    """
+    fixed = {"freeze_backbone", "head", "unfreeze_at"} & set(params)
+    if fixed:
+        raise TypeError(
+            f"linear_probe_score always trains a linear head on a frozen backbone; it does "
+            f"not take {sorted(fixed)}. Use cross_val_score with FoundationClassifier for "
+            f"other regimes."
+        )
+    settings = {"solver": "lbfgs", "batch_norm": True, "val_split": 0, **params}
+    estimator_class = FoundationRegressor if _is_regression(y) else FoundationClassifier
+    probe = estimator_class(encoder, freeze_backbone=True, head="linear", **settings)
+    return cross_val_score(probe, X, y, cv=cv, scoring=scoring, n_jobs=n_jobs)
+
+
+def temperature_weights(distances: np.ndarray) -> np.ndarray:
+    """DINO's vote weights from cosine distances: ``exp(similarity / 0.07)``, up to a constant."""
+    return np.exp(-np.asarray(distances) / KNN_TEMPERATURE)
+
+
+def knn_probe_score(
+    encoder: nn.Module,
+    X: Any,
+    y: Any,
+    *,
+    n_neighbors: int = 20,
+    cv: Any = 5,
+    scoring: Any = None,
+    n_jobs: int | None = None,
+    **embedder_params: Any,
+) -> np.ndarray:
+    """The k-nearest-neighbour probe of a representation, cross-validated.
+
+    The protocol of DINO and most self-supervised papers beside the linear
+    probe: each test sample takes the ``n_neighbors`` training samples
+    nearest in cosine similarity, which vote with weight ``exp(similarity /
+    0.07)``. Nothing is trained, so it judges the geometry of the
+    representation itself. Continuous y is predicted as the weighted mean
+    of the neighbours' targets.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The representation to judge; never changed.
+    X, y : array-like, dict
+        Input and labels (or targets).
+    n_neighbors : int, default=20
+        Neighbours per vote (DINO uses 20).
+    cv, scoring, n_jobs
+        As for :func:`linear_probe_score`.
+    **embedder_params
+        Parameters of :class:`FoundationEmbedder` (``output_key``,
+        ``pooling``, ``batch_size``, ``cache``, ``device``...).
+
+    Returns
+    -------
+    ndarray of shape (n_splits,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn_finetune import knn_probe_score
+    >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
+    >>> knn_probe_score(nn.Linear(8, 16), X, y, n_neighbors=5, cv=3).shape
+    (3,)
+    """
+    neighbours = KNeighborsRegressor if _is_regression(y) else KNeighborsClassifier
+    pipeline = make_pipeline(
+        FoundationEmbedder(encoder, **embedder_params),
+        neighbours(n_neighbors=n_neighbors, metric="cosine", weights=temperature_weights),
+    )
+    return cross_val_score(pipeline, X, y, cv=cv, scoring=scoring, n_jobs=n_jobs)
+
+
+class OnlineProbe(Callback):
+    """Score an encoder by a linear probe while it pretrains, without touching its training.
+
+    As a skorch callback, it scores the net's encoder every ``every`` epochs
+    and records the mean score in the net's history under ``name``. From any
+    other training loop (Lightning, plain PyTorch) call it:
+    ``score = probe(encoder)``. Either way the encoder runs in eval and
+    inference mode: no gradient reaches it (its ``.grad`` are as they
+    were), its train/eval flags and batch-norm statistics are restored, and
+    torch's and NumPy's random states are left as they were, so a probed run
+    trains exactly as an unprobed one.
+
+    Parameters
+    ----------
+    X, y : array-like, dict
+        The labelled set.
+    every : int, default=1
+        Score after every ``every``-th epoch (skorch).
+    encoder : str or callable or None, default=None
+        Where the encoder is in a skorch net: None is ``net.module_``, a
+        dotted name an attribute path under it (``"backbone"``), a callable
+        ``encoder(net)`` returns it.
+    cv : int or cross-validation generator, default=3
+        The probe's cross-validation (see :func:`linear_probe_score`).
+    scoring : str, callable or None, default=None
+        As for ``cross_val_score``; None is accuracy (R² for regression).
+    name : str, default="online_probe"
+        The history key.
+    probe_params : dict or None, default=None
+        More parameters of :func:`linear_probe_score` (``output_key``,
+        ``pooling``, ``weight_decay``...). By default the probe runs on the
+        encoder's own device with ``random_state=0`` and keeps no features
+        between calls.
+
+    Attributes
+    ----------
+    scores_ : list of float
+        Every score computed, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn_finetune import OnlineProbe
+    >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
+    >>> probe = OnlineProbe(X, y, cv=2)
+    >>> encoder = nn.Linear(8, 16)
+    >>> for epoch in range(2):  # your pretraining loop
+    ...     score = probe(encoder)
+    >>> len(probe.scores_)
+    2
+    """
+
+    def __init__(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        every: int = 1,
+        encoder: str | Callable[[Any], nn.Module] | None = None,
+        cv: Any = 3,
+        scoring: Any = None,
+        name: str = "online_probe",
+        probe_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.X = X
+        self.y = y
+        self.every = every
+        self.encoder = encoder
+        self.cv = cv
+        self.scoring = scoring
+        self.name = name
+        self.probe_params = probe_params
+
+    def initialize(self) -> OnlineProbe:
+        if isinstance(self.every, bool) or not (isinstance(self.every, int) and self.every >= 1):
+            raise ValueError(f"every must be a positive integer; got {self.every!r}.")
+        self.scores_: list[float] = []
+        return self
+
+    def __call__(self, encoder: nn.Module) -> float:
+        """The mean cross-validated linear-probe score of ``encoder`` on the labelled set."""
+        if not hasattr(self, "scores_"):
+            self.initialize()
+        device = module_device(encoder)
+        settings = {
+            "cache": FeatureCache(),
+            "device": "cpu" if device is None else device,
+            "random_state": 0,
+            **(self.probe_params or {}),
+        }
+        scores = linear_probe_score(
+            encoder, self.X, self.y, cv=self.cv, scoring=self.scoring, **settings
+        )
+        self.scores_.append(float(np.mean(scores)))
+        return self.scores_[-1]
+
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        if len(net.history) % self.every == 0:
+            net.history.record(self.name, self(self._encoder_of(net)))
+
+    def _encoder_of(self, net: Any) -> nn.Module:
+        if callable(self.encoder):
+            return self.encoder(net)
+        module = net.module_
+        if self.encoder:
+            for attribute in self.encoder.split("."):
+                module = getattr(module, attribute)
+        return module
