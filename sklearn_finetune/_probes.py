@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -10,6 +10,7 @@ from skorch.callbacks import Callback
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.multiclass import type_of_target
 from torch import nn
 
@@ -18,6 +19,7 @@ from ._classifier import FoundationClassifier
 from ._embedder import FoundationEmbedder
 from ._encoder import module_device
 from ._regressor import FoundationRegressor
+from ._validation import n_samples
 
 #: DINO's k-NN temperature: neighbours vote with weight exp(similarity / T).
 KNN_TEMPERATURE = 0.07
@@ -25,6 +27,23 @@ KNN_TEMPERATURE = 0.07
 
 def _is_regression(y: Any) -> bool:
     return type_of_target(y) in ("continuous", "continuous-multioutput")
+
+
+def take_rows(rows: np.ndarray, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The given rows of every array of a dict X."""
+    return {key: np.asarray(value)[rows] for key, value in data.items()}
+
+
+def _cross_validated(model: Any, X: Any, y: Any, **kwargs: Any) -> np.ndarray:
+    """``cross_val_score``, for a dict X too (a tokenizer's output), which it cannot split.
+
+    A dict X is split by row number: the folds are drawn over ``arange(n)``
+    and a first step takes those rows of every array.
+    """
+    if isinstance(X, Mapping):
+        rows = FunctionTransformer(take_rows, kw_args={"data": X})
+        model, X = make_pipeline(rows, model), np.arange(n_samples(X))
+    return cross_val_score(model, X, y, **kwargs)
 
 
 def linear_probe_score(
@@ -53,7 +72,8 @@ def linear_probe_score(
     encoder : torch.nn.Module
         The representation to judge; never changed.
     X, y : array-like, dict
-        Input and labels (or targets), as for the estimators.
+        Input and labels (or targets), as for the estimators. A dict X (a
+        :class:`Tokenizer`'s output) is split into folds by rows.
     cv : int, cross-validation generator or iterable, default=5
         As for :func:`sklearn.model_selection.cross_val_score` (stratified
         folds for classification).
@@ -98,7 +118,7 @@ def linear_probe_score(
     settings = {"solver": "lbfgs", "batch_norm": True, "val_split": 0, **params}
     estimator_class = FoundationRegressor if _is_regression(y) else FoundationClassifier
     probe = estimator_class(encoder, freeze_backbone=True, head="linear", **settings)
-    return cross_val_score(probe, X, y, cv=cv, scoring=scoring, n_jobs=n_jobs)
+    return _cross_validated(probe, X, y, cv=cv, scoring=scoring, n_jobs=n_jobs)
 
 
 def temperature_weights(distances: np.ndarray) -> np.ndarray:
@@ -158,7 +178,7 @@ def knn_probe_score(
         FoundationEmbedder(encoder, **embedder_params),
         neighbours(n_neighbors=n_neighbors, metric="cosine", weights=temperature_weights),
     )
-    return cross_val_score(pipeline, X, y, cv=cv, scoring=scoring, n_jobs=n_jobs)
+    return _cross_validated(pipeline, X, y, cv=cv, scoring=scoring, n_jobs=n_jobs)
 
 
 class OnlineProbe(Callback):

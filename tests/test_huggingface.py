@@ -11,7 +11,14 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from conftest import assert_same_state, state_of
-from sklearn_finetune import FeatureCache, FoundationClassifier, Tokenizer
+from sklearn_finetune import (
+    FeatureCache,
+    FoundationClassifier,
+    OnlineProbe,
+    Tokenizer,
+    knn_probe_score,
+    linear_probe_score,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -127,6 +134,17 @@ def test_text_pipeline_through_grid_search(tiny_bert, tokenizer_dir, reviews):
     assert predicted.shape == (2,)
     restored = pickle.loads(pickle.dumps(search.best_estimator_))
     np.testing.assert_array_equal(restored.predict(texts), search.predict(texts))
+
+
+def test_probes_split_tokenized_text(tiny_bert, tokens):
+    """The probes take a Tokenizer's dict output, which cross_val_score alone cannot split."""
+    X, y = tokens
+    linear = linear_probe_score(tiny_bert, X, y, cv=4, cache=FeatureCache())
+    knn = knn_probe_score(tiny_bert, X, y, n_neighbors=5, cv=4)
+    assert linear.shape == knn.shape == (4,)
+    assert linear.mean() > 0.7 and knn.mean() > 0.7
+    probe = OnlineProbe(X, y, cv=2)
+    assert probe(tiny_bert) == probe.scores_[0] > 0.7
 
 
 def test_fine_tuning_bert_from_text_trains_a_copy(tiny_bert, tokenizer_dir, reviews):
