@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from skorch.callbacks import Callback
-from sklearn.model_selection import cross_val_score
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -20,6 +20,9 @@ from ._embedder import FoundationEmbedder
 from ._encoder import module_device
 from ._regressor import FoundationRegressor
 from ._validation import n_samples
+
+#: The L2 strengths linear_probe_score searches by default.
+WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 #: DINO's k-NN temperature: neighbours vote with weight exp(similarity / T).
 KNN_TEMPERATURE = 0.07
@@ -34,15 +37,22 @@ def take_rows(rows: np.ndarray, data: Mapping[str, Any]) -> dict[str, np.ndarray
     return {key: np.asarray(value)[rows] for key, value in data.items()}
 
 
-def _cross_validated(model: Any, X: Any, y: Any, **kwargs: Any) -> np.ndarray:
+def _cross_validated(
+    model: Any, X: Any, y: Any, grid: dict[str, list] | None = None, **kwargs: Any
+) -> np.ndarray:
     """``cross_val_score``, for a dict X too (a tokenizer's output), which it cannot split.
 
     A dict X is split by row number: the folds are drawn over ``arange(n)``
-    and a first step takes those rows of every array.
+    and a first step takes those rows of every array. With ``grid``, each
+    outer fold picks the model's parameters by an inner 3-fold grid search.
     """
     if isinstance(X, Mapping):
         rows = FunctionTransformer(take_rows, kw_args={"data": X})
+        name = type(model).__name__.lower()
         model, X = make_pipeline(rows, model), np.arange(n_samples(X))
+        grid = grid and {f"{name}__{key}": values for key, values in grid.items()}
+    if grid:
+        model = GridSearchCV(model, grid, cv=3)
     return cross_val_score(model, X, y, **kwargs)
 
 
@@ -51,6 +61,7 @@ def linear_probe_score(
     X: Any,
     y: Any,
     *,
+    weight_decay: float | Sequence[float] = WEIGHT_DECAYS,
     cv: Any = 5,
     scoring: Any = None,
     n_jobs: int | None = None,
@@ -84,9 +95,8 @@ def linear_probe_score(
     **params
         Estimator parameters that override the probe's defaults
         (``solver="lbfgs"``, ``batch_norm=True``, ``val_split=0``), such as
-        ``weight_decay`` (L2 strength; ``LogisticRegression``'s ``C`` is
-        ``1 / (weight_decay * n_train)``), ``output_key``, ``pooling``,
-        ``cache``, ``device`` or ``random_state``. The backbone is always
+        ``output_key``, ``pooling``, ``cache``, ``device`` or
+        ``random_state``. The backbone is always
         frozen and the head always linear.
 
     Returns
@@ -105,7 +115,7 @@ def linear_probe_score(
     >>> from torch import nn
     >>> from sklearn_finetune import linear_probe_score
     >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
-    >>> linear_probe_score(nn.Linear(8, 16), X, y, cv=3).shape
+    >>> linear_probe_score(nn.Linear(8, 16), X, y, cv=3, weight_decay=1e-2).shape
     (3,)
     """
     fixed = {"freeze_backbone", "head", "unfreeze_at"} & set(params)
@@ -118,7 +128,12 @@ def linear_probe_score(
     settings = {"solver": "lbfgs", "batch_norm": True, "val_split": 0, **params}
     estimator_class = FoundationRegressor if _is_regression(y) else FoundationClassifier
     probe = estimator_class(encoder, freeze_backbone=True, head="linear", **settings)
-    return _cross_validated(probe, X, y, cv=cv, scoring=scoring, n_jobs=n_jobs)
+    grid = None
+    if isinstance(weight_decay, (Sequence, np.ndarray)):
+        grid = {"weight_decay": [float(value) for value in weight_decay]}
+    else:
+        probe.set_params(weight_decay=weight_decay)
+    return _cross_validated(probe, X, y, grid, cv=cv, scoring=scoring, n_jobs=n_jobs)
 
 
 def temperature_weights(distances: np.ndarray) -> np.ndarray:
@@ -212,8 +227,9 @@ class OnlineProbe(Callback):
     probe_params : dict or None, default=None
         More parameters of :func:`linear_probe_score` (``output_key``,
         ``pooling``, ``weight_decay``...). By default the probe runs on the
-        encoder's own device with ``random_state=0`` and keeps no features
-        between calls.
+        encoder's own device with ``random_state=0`` and ``weight_decay=1e-2``
+        (not searched: the trend over epochs is what it is for), and keeps
+        no features between calls.
 
     Attributes
     ----------
@@ -270,6 +286,7 @@ class OnlineProbe(Callback):
             "cache": FeatureCache(),
             "device": "cpu" if device is None else device,
             "random_state": 0,
+            "weight_decay": 1e-2,
             **(self.probe_params or {}),
         }
         scores = linear_probe_score(

@@ -45,11 +45,22 @@ def test_linear_probe_is_standard_scaler_then_logistic_regression(pretrained_enc
     assert scores.mean() > 0.85
 
 
+def test_a_sequence_of_weight_decays_is_searched_inside_each_fold(pretrained_encoder, digits):
+    """An absurd penalty (all weights near zero: chance level) is never the inner search's pick."""
+    X, y = digits
+    cache = FeatureCache()
+    tuned = linear_probe_score(pretrained_encoder, X, y, cv=3, weight_decay=[1e-3, 1e3], cache=cache)
+    fixed = linear_probe_score(pretrained_encoder, X, y, cv=3, weight_decay=1e-3, cache=cache)
+    crushed = linear_probe_score(pretrained_encoder, X, y, cv=3, weight_decay=1e3, cache=cache)
+    np.testing.assert_array_equal(tuned, fixed)
+    assert crushed.mean() < 0.5 < fixed.mean()
+
+
 def test_linear_probe_of_continuous_targets_is_a_regression():
     X, y = load_diabetes(return_X_y=True)
     y = (y - y.mean()) / y.std()  # float values that are not all integers: continuous
     encoder = nn.Sequential(nn.Linear(10, 32), nn.Tanh())
-    scores = linear_probe_score(encoder, X, y, cv=3, scoring="r2")
+    scores = linear_probe_score(encoder, X, y, cv=3, scoring="r2", weight_decay=1e-2)
     assert scores.shape == (3,) and (scores > 0.3).all()
 
 
