@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import BatchNormEncoder, assert_same_state, state_of
-from sklearn_finetune import FoundationClassifier, load_weights
+from sklearn_finetune import FeatureCache, FoundationClassifier, load_weights
 
 
 class LitClassifier(nn.Module):
@@ -138,3 +138,29 @@ def test_a_hugging_face_save_loads_into_a_fresh_model(tmp_path):
     fresh = transformers.BertModel(config)
     load_weights(fresh, tmp_path / "model.safetensors")
     assert_same_state(state_of(saved), fresh)
+
+
+def test_a_grid_search_compares_checkpoints(tmp_path, digits):
+    """The documented way to compare checkpoints: encoders loaded once, searched as a parameter."""
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = digits
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = tmp_path / f"seed{seed}.ckpt"
+        state = {f"encoder.{k}": v for k, v in BatchNormEncoder().state_dict().items()}
+        torch.save({"state_dict": state}, path)
+        paths.append(path)
+    encoders = [load_weights(BatchNormEncoder(), path, prefix="encoder.") for path in paths]
+    cache = FeatureCache()
+    search = GridSearchCV(
+        FoundationClassifier(max_epochs=2, cache=cache), {"encoder": encoders}, cv=2,
+        error_score="raise",
+    ).fit(X, y)
+    assert len(search.cv_results_["mean_test_score"]) == 2
+    # GridSearchCV copies the values of a grid, but the cache knows them by content:
+    # each checkpoint's encoder ran once over the data, across folds and the refit.
+    assert cache.misses == 2 * len(X)
+    best = search.best_params_["encoder"]
+    assert_same_state(state_of(best), search.best_estimator_.encoder_)
