@@ -7,8 +7,8 @@ on the same sentences, and one feature cache serves all of them, so each
 sentence is encoded once per pooling.
 
     pip install -e ".[examples]"
-    python examples/text.py ../shared/data/mr                 # 2,000 sentences, ~1 min on 2 cores
-    python examples/text.py ../shared/data/mr --n-samples all  # all of MR
+    python examples/text.py ../shared/data/mr                 # 2,000 sentences, ~2.5 min on 2 cores
+    python examples/text.py ../shared/data/mr --n-samples all  # all of MR, ~8 min
 """
 
 from __future__ import annotations
