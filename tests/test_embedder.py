@@ -99,3 +99,14 @@ def test_embedder_errors(pretrained_encoder, digits):
         fitted.transform(X[:, :10])
     with pytest.raises(ValueError, match="The encoder failed"):
         FoundationEmbedder(pretrained_encoder).fit(X[:, :10])
+
+
+def test_batch_size_and_precision_reach_the_encoder(pretrained_encoder, digits):
+    X, _ = digits
+    counting = CountingEncoder(pretrained_encoder)
+    FoundationEmbedder(counting, batch_size=150, cache=False).fit_transform(X)
+    assert counting.batch_sizes == [2, 150, 150, 100]  # the 2-sample check, then X in batches
+    full = FoundationEmbedder(pretrained_encoder, cache=False).fit_transform(X)
+    half = FoundationEmbedder(pretrained_encoder, precision="bf16", cache=False).fit_transform(X)
+    assert half.dtype == np.float32 and not np.array_equal(half, full)
+    np.testing.assert_allclose(half, full, atol=0.1)

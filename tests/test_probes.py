@@ -143,3 +143,16 @@ def test_online_probe_rejects_a_bad_period(digits):
     X, y = digits
     with pytest.raises(ValueError, match="every must be a positive integer"):
         _pretrain(X, [OnlineProbe(X, y, every=0)])
+
+
+def test_online_probe_settings_reach_the_probe(digits):
+    """A callable locates the encoder, probe_params and scoring reach linear_probe_score."""
+    X, y = digits
+    probe = OnlineProbe(
+        X, y, every=4, encoder=lambda net: net.module_.encoder, cv=2, scoring="balanced_accuracy",
+        name="crushed_probe", probe_params={"weight_decay": 1e3},
+    )
+    net = _pretrain(X, [probe])
+    scores = net.history[:, "crushed_probe"]
+    assert len(scores) == 1 and scores == probe.scores_
+    assert scores[0] < 0.5  # an absurd penalty: the weight decay given was used
