@@ -14,8 +14,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._cache import FeatureCache, feature_cache
 from ._base import clone_sharing
+from ._cache import FeatureCache, feature_cache
 from ._device import PRECISIONS, check_precision, resolve_device
 from ._embedding import embed
 from ._encoder import prepare_encoder
