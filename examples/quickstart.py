@@ -29,8 +29,12 @@ from sklearn_finetune import FoundationClassifier
 def make_encoder() -> nn.Module:
     """A small CNN; its (batch, 32, 8, 8) feature maps are average-pooled to 32 features."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
     )
 
 
@@ -44,8 +48,10 @@ def main() -> None:
         make_encoder(), freeze_backbone=False, backbone_lr_mult=1.0, random_state=0
     ).fit(images[seen], y[seen])
     pretrained = pretraining.encoder_
-    print(f"Pretrained on digits 0-4: validation accuracy "
-          f"{pretraining.history_[-1, 'valid_accuracy']:.3f}\n")
+    print(
+        f"Pretrained on digits 0-4: validation accuracy "
+        f"{pretraining.history_[-1, 'valid_accuracy']:.3f}\n"
+    )
 
     candidates = {
         "linear probe, pretrained": FoundationClassifier(pretrained, random_state=0),

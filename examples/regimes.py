@@ -29,7 +29,10 @@ REGIMES = {
     "unfreeze at epoch 5": dict(unfreeze_at=5),
     "unfreeze top-down from 5": dict(unfreeze_at=5, unfreeze_mode="top_down"),
     "layer decay 0.5 + warmup cosine": dict(
-        freeze_backbone=False, layer_decay=0.5, lr_schedule="warmup_cosine", warmup_epochs=2,
+        freeze_backbone=False,
+        layer_decay=0.5,
+        lr_schedule="warmup_cosine",
+        warmup_epochs=2,
         max_grad_norm=1.0,
     ),
     "fine-tune, AUROC early stopping": dict(freeze_backbone=False, scoring="roc_auc", patience=5),
@@ -39,8 +42,12 @@ REGIMES = {
 def make_encoder() -> nn.Module:
     """A small CNN of four blocks; its feature maps are average-pooled to 32 features."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
     )
 
 
@@ -49,17 +56,27 @@ def main() -> None:
     X, y = load_digits(return_X_y=True)
     images = (X / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
     seen = y < 5
-    pretrained = FoundationClassifier(
-        make_encoder(), freeze_backbone=False, backbone_lr_mult=1.0, random_state=0
-    ).fit(images[seen], y[seen]).encoder_
+    pretrained = (
+        FoundationClassifier(
+            make_encoder(), freeze_backbone=False, backbone_lr_mult=1.0, random_state=0
+        )
+        .fit(images[seen], y[seen])
+        .encoder_
+    )
 
-    print(f"{'regime':34} {'accuracy':>15} {'macro F1':>8} {'AUROC':>6} {'ECE':>6} "
-          f"{'best epoch':>10} {'s/fit':>6}")
+    print(
+        f"{'regime':34} {'accuracy':>15} {'macro F1':>8} {'AUROC':>6} {'ECE':>6} "
+        f"{'best epoch':>10} {'s/fit':>6}"
+    )
     for name, params in REGIMES.items():
         estimator = FoundationClassifier(pretrained, lr=3e-3, random_state=0, **params)
         start = time.perf_counter()
         result = cross_validate(
-            estimator, images[~seen], y[~seen], cv=5, return_estimator=True,
+            estimator,
+            images[~seen],
+            y[~seen],
+            cv=5,
+            return_estimator=True,
             scoring=["accuracy", "f1_macro", "roc_auc_ovr"],
         )
         seconds = (time.perf_counter() - start) / 5
@@ -67,9 +84,11 @@ def main() -> None:
         ece = np.mean([fit.history_[fit.best_epoch_ - 1, "valid_ece"] for fit in fits])
         best = np.mean([fit.best_epoch_ for fit in fits])
         accuracy = result["test_accuracy"]
-        print(f"{name:34} {accuracy.mean():.3f} ± {accuracy.std():.3f} "
-              f"{result['test_f1_macro'].mean():8.3f} {result['test_roc_auc_ovr'].mean():6.3f} "
-              f"{ece:6.3f} {best:10.1f} {seconds:6.1f}")
+        print(
+            f"{name:34} {accuracy.mean():.3f} ± {accuracy.std():.3f} "
+            f"{result['test_f1_macro'].mean():8.3f} {result['test_roc_auc_ovr'].mean():6.3f} "
+            f"{ece:6.3f} {best:10.1f} {seconds:6.1f}"
+        )
 
 
 if __name__ == "__main__":

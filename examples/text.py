@@ -61,8 +61,10 @@ def main() -> None:
     cache = FeatureCache(max_bytes=2**31)
     tokenizer = Tokenizer(path, max_length=64)
     tokens = tokenizer.fit_transform(texts)
-    print(f"all-MiniLM-L6-v2 on {len(texts)} MR sentences, 64 tokens "
-          f"({tokenizer.truncated_:.1%} truncated), 5-fold accuracy\n")
+    print(
+        f"all-MiniLM-L6-v2 on {len(texts)} MR sentences, 64 tokens "
+        f"({tokenizer.truncated_:.1%} truncated), 5-fold accuracy\n"
+    )
     print(f"| {'protocol':<62} | accuracy | seconds |")
     print(f"|{'-' * 64}|----------|---------|")
 
@@ -76,16 +78,25 @@ def main() -> None:
             model, solver="lbfgs", batch_norm=True, weight_decay=1e-2, val_split=0, cache=cache
         ),
     )
-    report("Tokenizer + FoundationClassifier (L-BFGS, weight decay 1e-2)",
-           cross_val_score(pipeline, texts, y, cv=5), started)
+    report(
+        "Tokenizer + FoundationClassifier (L-BFGS, weight decay 1e-2)",
+        cross_val_score(pipeline, texts, y, cv=5),
+        started,
+    )
 
     started = time.perf_counter()
-    report("linear_probe_score (weight decay searched in each fold)",
-           linear_probe_score(model, tokens, y, cache=cache), started)
+    report(
+        "linear_probe_score (weight decay searched in each fold)",
+        linear_probe_score(model, tokens, y, cache=cache),
+        started,
+    )
 
     started = time.perf_counter()
-    report("knn_probe_score (20 cosine neighbours)",
-           knn_probe_score(model, tokens, y, cache=cache), started)
+    report(
+        "knn_probe_score (20 cosine neighbours)",
+        knn_probe_score(model, tokens, y, cache=cache),
+        started,
+    )
 
     started = time.perf_counter()
     embedder = make_pipeline(
@@ -93,12 +104,17 @@ def main() -> None:
         FoundationEmbedder(model, cache=cache),
         LogisticRegression(C=1.0, max_iter=1000),
     )
-    report("Tokenizer + FoundationEmbedder + LogisticRegression",
-           cross_val_score(embedder, texts, y, cv=5), started)
+    report(
+        "Tokenizer + FoundationEmbedder + LogisticRegression",
+        cross_val_score(embedder, texts, y, cv=5),
+        started,
+    )
 
     started = time.perf_counter()
-    grid = {"foundationclassifier__pooling": ["mean", "cls"],
-            "foundationclassifier__head": ["linear", "mlp"]}
+    grid = {
+        "foundationclassifier__pooling": ["mean", "cls"],
+        "foundationclassifier__head": ["linear", "mlp"],
+    }
     search = GridSearchCV(pipeline, grid, cv=5).fit(texts, y)
     best = ", ".join(f"{k.split('__')[1]}={v}" for k, v in search.best_params_.items())
     report(f"GridSearchCV pooling x head, best: {best}", [search.best_score_], started)

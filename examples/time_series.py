@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skorch import NeuralNet
 from sklearn.neighbors import KNeighborsClassifier
+from skorch import NeuralNet
 from torch import nn
 
 from sklearn_finetune import (
@@ -42,9 +42,15 @@ class ConvEncoder(nn.Module):
     def __init__(self, channels: int, width: int = 32) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv1d(channels, width, 7, padding=3), nn.BatchNorm1d(width), nn.ReLU(),
-            nn.Conv1d(width, width, 5, padding=2), nn.BatchNorm1d(width), nn.ReLU(),
-            nn.Conv1d(width, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.Conv1d(channels, width, 7, padding=3),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 5, padding=2),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, padding=1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +90,16 @@ def pretrain(X: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> tuple[nn.M
     torch.manual_seed(seed)
     probe = OnlineProbe(X, y, every=epochs // 4, encoder="encoder", cv=3)
     net = NeuralNet(
-        MaskedReconstruction, module__channels=X.shape[1], criterion=nn.MSELoss,
-        optimizer=torch.optim.AdamW, lr=3e-3, max_epochs=epochs, batch_size=16,
-        train_split=None, callbacks=[("online_probe", probe)], verbose=0,
+        MaskedReconstruction,
+        module__channels=X.shape[1],
+        criterion=nn.MSELoss,
+        optimizer=torch.optim.AdamW,
+        lr=3e-3,
+        max_epochs=epochs,
+        batch_size=16,
+        train_split=None,
+        callbacks=[("online_probe", probe)],
+        verbose=0,
     ).fit(X, X)
     return net.module_, probe.scores_
 
@@ -104,8 +117,10 @@ def main() -> None:
         channels = X_train.shape[1]
         model, online = pretrain(X_train, y_train, args.epochs, args.seed)
         trajectory = " -> ".join(f"{score:.2f}" for score in online)
-        print(f"{name}: {len(X_train)} train / {len(X_test)} test series of shape "
-              f"{X_train.shape[1:]}; online probe during pretraining {trajectory}")
+        print(
+            f"{name}: {len(X_train)} train / {len(X_test)} test series of shape "
+            f"{X_train.shape[1:]}; online probe during pretraining {trajectory}"
+        )
 
         with tempfile.TemporaryDirectory() as folder:  # as a Lightning module would save it
             checkpoint = Path(folder) / f"epoch={args.epochs - 1}.ckpt"
@@ -119,23 +134,45 @@ def main() -> None:
         X = np.concatenate([X_train, X_test])
         y = np.concatenate([y_train, y_test])
         official = [(np.arange(len(X_train)), np.arange(len(X_train), len(X)))]
-        fine_tune = dict(freeze_backbone=False, max_epochs=100, lr=3e-3, backbone_lr_mult=0.3,
-                         batch_size=16, val_split=0, random_state=args.seed)
+        fine_tune = dict(
+            freeze_backbone=False,
+            max_epochs=100,
+            lr=3e-3,
+            backbone_lr_mult=0.3,
+            batch_size=16,
+            val_split=0,
+            random_state=args.seed,
+        )
         raw_1nn = KNeighborsClassifier(1).fit(X_train.reshape(len(X_train), -1), y_train)
-        rows.append((name, {
-            "1-NN raw": raw_1nn.score(X_test.reshape(len(X_test), -1), y_test),
-            "random probe": linear_probe_score(random, X, y, cv=official)[0],
-            "pretrained probe": linear_probe_score(pretrained, X, y, cv=official)[0],
-            "pretrained k-NN": knn_probe_score(pretrained, X, y, n_neighbors=5, cv=official)[0],
-            "attention probe": FoundationClassifier(
-                pretrained, pooling="attention", solver="lbfgs", batch_norm=True, val_split=0,
-                random_state=args.seed,
-            ).fit(X_train, y_train).score(X_test, y_test),
-            "fine-tuned": FoundationClassifier(pretrained, **fine_tune)
-            .fit(X_train, y_train).score(X_test, y_test),
-            "from scratch": FoundationClassifier(random, **fine_tune)
-            .fit(X_train, y_train).score(X_test, y_test),
-        }))
+        rows.append(
+            (
+                name,
+                {
+                    "1-NN raw": raw_1nn.score(X_test.reshape(len(X_test), -1), y_test),
+                    "random probe": linear_probe_score(random, X, y, cv=official)[0],
+                    "pretrained probe": linear_probe_score(pretrained, X, y, cv=official)[0],
+                    "pretrained k-NN": knn_probe_score(
+                        pretrained, X, y, n_neighbors=5, cv=official
+                    )[0],
+                    "attention probe": FoundationClassifier(
+                        pretrained,
+                        pooling="attention",
+                        solver="lbfgs",
+                        batch_norm=True,
+                        val_split=0,
+                        random_state=args.seed,
+                    )
+                    .fit(X_train, y_train)
+                    .score(X_test, y_test),
+                    "fine-tuned": FoundationClassifier(pretrained, **fine_tune)
+                    .fit(X_train, y_train)
+                    .score(X_test, y_test),
+                    "from scratch": FoundationClassifier(random, **fine_tune)
+                    .fit(X_train, y_train)
+                    .score(X_test, y_test),
+                },
+            )
+        )
 
     columns = list(rows[0][1])
     print("\nTest accuracy (official UCR split)\n")

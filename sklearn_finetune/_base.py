@@ -13,15 +13,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from skorch.callbacks import EarlyStopping, ProgressBar
-from skorch.dataset import Dataset
-from skorch.helper import predefined_split
-from skorch.utils import multi_indexing, noop, to_tensor
 from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from skorch.callbacks import EarlyStopping, ProgressBar
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
+from skorch.utils import multi_indexing, noop, to_tensor
 from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Subset
@@ -31,7 +31,7 @@ from ._blocks import UNFREEZE_MODES, BackboneUnfreezing, backbone_blocks
 from ._cache import FeatureCache, feature_cache
 from ._device import PRECISIONS, check_precision, resolve_device
 from ._embedding import cache_key, embed
-from ._encoder import preserved_modes, prepare_encoder
+from ._encoder import prepare_encoder, preserved_modes
 from ._heads import HEADS, AttentionPooling, HeadSpec, build_head, mlp_backbone
 from ._metrics import SCORES, ValidationScores, greater_is_better
 from ._module import FoundationModule, representation_size
@@ -598,7 +598,10 @@ class FoundationEstimator(BaseEstimator):
         callbacks: list = []
         if has_validation:
             callbacks.append(
-                ("valid_scores", ValidationScores(self._task(), self._prediction_of, self._target_of))
+                (
+                    "valid_scores",
+                    ValidationScores(self._task(), self._prediction_of, self._target_of),
+                )
             )
             monitor = "valid_loss" if self.scoring == "loss" else f"valid_{self.scoring}"
             best = EarlyStopping(
@@ -837,7 +840,11 @@ class FoundationEstimator(BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             if self.module_.frozen:
                 features = self._embed(
-                    self.encoder_, self.module_.representation, X, self.device_, self._feature_cache()
+                    self.encoder_,
+                    self.module_.representation,
+                    X,
+                    self.device_,
+                    self._feature_cache(),
                 )
                 return getattr(self.net_, method)(features)
             with preserved_modes(self.encoder_):
@@ -876,7 +883,12 @@ def clone_sharing(estimator: BaseEstimator, shared: tuple[str, ...] = ("encoder"
 
 
 def _index_split(
-    dataset: TorchDataset, y: Any = None, groups: Any = None, *, train: np.ndarray, valid: np.ndarray
+    dataset: TorchDataset,
+    y: Any = None,
+    groups: Any = None,
+    *,
+    train: np.ndarray,
+    valid: np.ndarray,
 ) -> tuple[Subset, Subset]:
     """A skorch ``train_split``: fixed training and validation rows of the dataset."""
     return Subset(dataset, train), Subset(dataset, valid)

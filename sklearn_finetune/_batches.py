@@ -9,7 +9,6 @@ from skorch.dataset import Dataset
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data import Dataset as TorchDataset
 
-
 Targets = Sequence[torch.Tensor]
 
 
@@ -35,7 +34,9 @@ class _IndexBatches(Sampler):
     per-batch list of ints to convert.
     """
 
-    def __init__(self, order: Sampler, batch_size: int, drop_last: bool, device: torch.device) -> None:
+    def __init__(
+        self, order: Sampler, batch_size: int, drop_last: bool, device: torch.device
+    ) -> None:
         self.order = order
         self.batch_size = batch_size
         self.drop_last = drop_last

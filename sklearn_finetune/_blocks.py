@@ -78,7 +78,7 @@ def backbone_blocks(encoder: nn.Module) -> list[list[str]]:
     index = {child: position for position, child in enumerate(children)}
     before, blocks, after = [], [[] for _ in children], []
     for name, _ in encoder.named_parameters():
-        child = name[len(prefix):].split(".", 1)[0] if name.startswith(prefix) else None
+        child = name[len(prefix) :].split(".", 1)[0] if name.startswith(prefix) else None
         if child in index:
             blocks[index[child]].append(name)
         elif any(blocks):
@@ -137,7 +137,7 @@ class BackboneUnfreezing(Callback):
         if self.mode != "top_down" or module.frozen:
             return
         n_unfrozen = epoch - self.unfreeze_at + 1
-        still_frozen = {name for block in self.blocks[: -n_unfrozen] for name in block}
+        still_frozen = {name for block in self.blocks[:-n_unfrozen] for name in block}
         parameters = dict(module.encoder.named_parameters())
         for name in self.trainable_:
             parameters[name].requires_grad_(name not in still_frozen)

@@ -167,7 +167,9 @@ class FeatureCache:
                     f"compute must return one row per position; got shape {computed.shape} "
                     f"for {len(positions)} positions."
                 )
-        row_shape = computed.shape[1:] if computed is not None else next(iter(gathered.values())).shape
+        row_shape = (
+            computed.shape[1:] if computed is not None else next(iter(gathered.values())).shape
+        )
         out = np.empty((len(digests), *row_shape), dtype=np.float32)
         for position, row in gathered.items():
             out[position] = row

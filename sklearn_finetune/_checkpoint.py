@@ -174,7 +174,9 @@ def load_weights(
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a string such as 'model.backbone.'; got {prefix!r}.")
     tensors = checkpoint_tensors(source)
-    selected = {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
+    selected = {
+        name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)
+    }
     own = encoder.state_dict()
     missing = [name for name in own if name not in selected]
     unexpected = [name for name in selected if name not in own]
@@ -182,7 +184,9 @@ def load_weights(
         hints = [hint for hint in _prefix_hints(list(tensors), set(own)) if hint != prefix]
         hint = (
             f" The keys in the file match the encoder's with prefix "
-            f"{' or '.join(map(repr, hints))}." if hints else ""
+            f"{' or '.join(map(repr, hints))}."
+            if hints
+            else ""
         )
         raise ValueError(
             f"{len(missing)} of the encoder's {len(own)} weights are not in the file "
@@ -212,5 +216,7 @@ def load_weights(
             UserWarning,
             stacklevel=2,
         )
-    encoder.load_state_dict({name: selected[name] for name in own if name in selected}, strict=False)
+    encoder.load_state_dict(
+        {name: selected[name] for name in own if name in selected}, strict=False
+    )
     return encoder

@@ -233,9 +233,7 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
             self.classes_[np.minimum(encoded, len(self.classes_) - 1)] == y
         )
         if not known.all():
-            raise ValueError(
-                f"y_val has labels not seen in y: {sorted(set(y[~known].tolist()))}."
-            )
+            raise ValueError(f"y_val has labels not seen in y: {sorted(set(y[~known].tolist()))}.")
         return encoded.astype(np.int64)
 
     def _class_weight_vector(self, y: np.ndarray) -> np.ndarray | None:

@@ -57,8 +57,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     }.get(resolved.type, False)
     if not available:
         warnings.warn(
-            f"device={device!r} is not available on this machine; training on the "
-            f"CPU instead.",
+            f"device={device!r} is not available on this machine; training on the CPU instead.",
             UserWarning,
             stacklevel=3,
         )

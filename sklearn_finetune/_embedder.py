@@ -8,10 +8,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from skorch.utils import multi_indexing, to_tensor
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
+from skorch.utils import multi_indexing, to_tensor
 from torch import nn
 
 from ._base import clone_sharing

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ._cache import FeatureCache
 from ._device import autocast
-from ._encoder import preserved_modes, prepare_encoder
+from ._encoder import prepare_encoder, preserved_modes
 from ._fingerprint import encoder_fingerprint, row_digests
 from ._module import attention_mask, call_encoder, explained_failure
 from ._representation import Representation

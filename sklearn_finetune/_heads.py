@@ -94,7 +94,11 @@ def build_head(
     """
     if kind == "linear":
         linear = nn.Linear(in_features, out_features)
-        return nn.Sequential(nn.BatchNorm1d(in_features, affine=False), linear) if batch_norm else linear
+        return (
+            nn.Sequential(nn.BatchNorm1d(in_features, affine=False), linear)
+            if batch_norm
+            else linear
+        )
     if kind == "mlp":
         layers = mlp_layers(in_features, hidden_dims, dropout, batch_norm)
         width = hidden_dims[-1] if len(hidden_dims) else in_features

@@ -14,7 +14,9 @@ from skorch.callbacks import Callback
 ECE_BINS = 15
 
 
-def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    y_true: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS
+) -> float:
     """Top-label expected calibration error: the mean gap between confidence and accuracy.
 
     Samples are binned by the probability of their predicted class into
@@ -87,10 +89,14 @@ def ranking_scores(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.where(defined, auc, np.nan), np.where(defined, ap, np.nan)
 
 
-def _f1_per_class(true_positives: np.ndarray, predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+def _f1_per_class(
+    true_positives: np.ndarray, predicted: np.ndarray, actual: np.ndarray
+) -> np.ndarray:
     """F1 of each class from counts; 0 where it is undefined (scikit-learn's ``zero_division=0``)."""
     denominator = predicted + actual
-    return np.divide(2 * true_positives, denominator, out=np.zeros(len(denominator)), where=denominator > 0)
+    return np.divide(
+        2 * true_positives, denominator, out=np.zeros(len(denominator)), where=denominator > 0
+    )
 
 
 def multiclass_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -120,7 +126,8 @@ def multiclass_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
         "f1_macro": np.mean(_f1_per_class(correct, guessed, actual)),
         "roc_auc": np.mean(auc),
         "average_precision": np.mean(ap),
-        "brier_score": np.mean(np.sum((proba - onehot) ** 2, axis=1)) / (2 if n_classes == 2 else 1),
+        "brier_score": np.mean(np.sum((proba - onehot) ** 2, axis=1))
+        / (2 if n_classes == 2 else 1),
         "ece": expected_calibration_error(y, proba),
     }
 
@@ -161,8 +168,13 @@ def regression_scores(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 #: The scores of each task, and whether higher is better.
 SCORES: dict[str, dict[str, bool]] = {
     "multiclass": dict(
-        accuracy=True, balanced_accuracy=True, f1_macro=True, roc_auc=True,
-        average_precision=True, brier_score=False, ece=False,
+        accuracy=True,
+        balanced_accuracy=True,
+        f1_macro=True,
+        roc_auc=True,
+        average_precision=True,
+        brier_score=False,
+        ece=False,
     ),
     "multilabel": dict(
         accuracy=True, f1_macro=True, roc_auc=True, average_precision=True, brier_score=False
@@ -212,7 +224,9 @@ class ValidationScores(Callback):
         self.outputs_: list[torch.Tensor] = []
         self.targets_: list[torch.Tensor] = []
 
-    def on_batch_end(self, net: Any, batch: Any, y_pred: torch.Tensor, training: bool, **kwargs: Any) -> None:
+    def on_batch_end(
+        self, net: Any, batch: Any, y_pred: torch.Tensor, training: bool, **kwargs: Any
+    ) -> None:
         if not training:
             self.outputs_.append(y_pred.detach().float())
             self.targets_.append(batch[1][0])

@@ -36,8 +36,9 @@ def explained_failure(batch: Any) -> Iterator[None]:
         else:
             given = f"a {batch.dtype} tensor of shape {tuple(batch.shape)}"
             hint = (
-                "" if batch.is_floating_point() else
-                " (integer X is passed as it is, for token ids; if the encoder "
+                ""
+                if batch.is_floating_point()
+                else " (integer X is passed as it is, for token ids; if the encoder "
                 "expects floats, pass X.astype('float32'))"
             )
         raise ValueError(

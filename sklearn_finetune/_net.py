@@ -13,6 +13,7 @@ from torch import nn
 from ._device import autocast
 from ._module import FoundationModule
 
+
 class FoundationNet(NeuralNet):
     """skorch's ``NeuralNet``, training a ``FoundationModule`` or a head on cached features.
 
@@ -82,7 +83,9 @@ class FoundationNet(NeuralNet):
         with autocast(torch.device(self.device), self.precision):
             return super().infer(x, **fit_params).float()
 
-    def get_loss(self, y_pred: Any, y_true: Any, X: Any = None, training: bool = False) -> torch.Tensor:
+    def get_loss(
+        self, y_pred: Any, y_true: Any, X: Any = None, training: bool = False
+    ) -> torch.Tensor:
         target, weight = to_tensor(y_true, device=self.device)
         loss = (self.criterion_(y_pred, target) * weight).mean()
         if training and self.l2_penalty:

@@ -25,7 +25,13 @@ PLATEAU_PATIENCE = 2
 
 
 def solver_settings(
-    solver: Solver, *, lr: float, weight_decay: float, momentum: float, batch_size: int, n_train: int
+    solver: Solver,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    batch_size: int,
+    n_train: int,
 ) -> dict[str, Any]:
     """The skorch net settings of ``solver``: the optimizer, its arguments and the batching.
 

@@ -61,7 +61,9 @@ class HistoryDisplay:
     ['train_loss', 'valid_loss', 'valid_roc_auc']
     """
 
-    def __init__(self, *, history: Any, score: str | None = None, best_epoch: int | None = None) -> None:
+    def __init__(
+        self, *, history: Any, score: str | None = None, best_epoch: int | None = None
+    ) -> None:
         self.history = history
         self.score = score
         self.best_epoch = best_epoch

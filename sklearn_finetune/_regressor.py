@@ -174,9 +174,7 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         y2d = y.reshape(len(y), -1)
         if y2d.shape[1] != self.n_outputs_:
-            raise ValueError(
-                f"y_val has {y2d.shape[1]} target(s); y has {self.n_outputs_}."
-            )
+            raise ValueError(f"y_val has {y2d.shape[1]} target(s); y has {self.n_outputs_}.")
         return ((y2d - self.target_mean_) / self.target_scale_).astype(np.float32)
 
     def _n_outputs(self) -> int:

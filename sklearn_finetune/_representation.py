@@ -73,8 +73,7 @@ def select_output(output: Any, output_key: str | None = None) -> torch.Tensor:
             output_key, found = present[0], output[present[0]]
         if not isinstance(found, torch.Tensor):
             raise TypeError(
-                f"The encoder's output[{output_key!r}] is a {type(found).__name__}, "
-                f"not a tensor."
+                f"The encoder's output[{output_key!r}] is a {type(found).__name__}, not a tensor."
             )
         return found
     if isinstance(output, Sequence) and not isinstance(output, str) and output:
@@ -84,9 +83,7 @@ def select_output(output: Any, output_key: str | None = None) -> torch.Tensor:
             f"The encoder returned a {type(output).__name__} whose first element is "
             f"a {type(output[0]).__name__}; expected {_EXPECTED}."
         )
-    raise TypeError(
-        f"The encoder returned a {type(output).__name__}; expected {_EXPECTED}."
-    )
+    raise TypeError(f"The encoder returned a {type(output).__name__}; expected {_EXPECTED}.")
 
 
 def _mask_for(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:

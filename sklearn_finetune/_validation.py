@@ -72,8 +72,7 @@ def _validate_dict(X: Mapping, *, for_mlp: bool) -> dict[str, np.ndarray]:
     lengths = {key: len(value) for key, value in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(
-            f"The arrays in a dict X must all have one row per sample; got lengths "
-            f"{lengths}."
+            f"The arrays in a dict X must all have one row per sample; got lengths {lengths}."
         )
     return arrays
 

@@ -72,7 +72,12 @@ def pretrained_encoder(digits) -> nn.Module:
     X, y = digits
     torch.manual_seed(0)
     clf = FoundationClassifier(
-        BatchNormEncoder(), freeze_backbone=False, backbone_lr_mult=1.0, lr=1e-2,
-        max_epochs=10, val_split=0, random_state=0,
+        BatchNormEncoder(),
+        freeze_backbone=False,
+        backbone_lr_mult=1.0,
+        lr=1e-2,
+        max_epochs=10,
+        val_split=0,
+        random_state=0,
     ).fit(X, y)
     return clf.encoder_

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CountingEncoder
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from torch import nn
 
-from conftest import CountingEncoder
 from sklearn_finetune import FeatureCache, FoundationClassifier, FoundationRegressor
 from sklearn_finetune._fingerprint import encoder_fingerprint, row_digests
 
@@ -118,9 +118,9 @@ def test_features_match_running_the_encoder_in_every_batch(digits):
     encoder = nn.Sequential(nn.Linear(64, 16), nn.Tanh())
     common = dict(max_epochs=3, batch_size=16, random_state=0, head="mlp")
     fast = FoundationClassifier(encoder, freeze_backbone=True, cache=False, **common).fit(X, y)
-    slow = FoundationClassifier(
-        encoder, freeze_backbone=False, backbone_lr_mult=0.0, **common
-    ).fit(X, y)
+    slow = FoundationClassifier(encoder, freeze_backbone=False, backbone_lr_mult=0.0, **common).fit(
+        X, y
+    )
     for column in ("train_loss", "valid_loss", "valid_accuracy"):
         np.testing.assert_allclose(fast.history_[:, column], slow.history_[:, column], rtol=1e-5)
     np.testing.assert_allclose(fast.predict_proba(X), slow.predict_proba(X), atol=1e-6)
@@ -245,7 +245,9 @@ def test_two_processes_writing_one_directory_leave_it_valid(tmp_path):
     writers = [
         subprocess.Popen(
             [sys.executable, str(script), str(cache_dir), str(i), start],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(2)
     ]
@@ -322,4 +324,3 @@ def test_files_unrelated_to_the_cache_are_left_alone(tmp_path: Path):
     cache.fetch("key", [b"b" * 16], lambda positions: np.zeros((len(positions), 2)))
     cache.clear()
     assert other.read_text() == "mine" and not list(tmp_path.glob("*/*.features"))
-

@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
+from conftest import BatchNormEncoder, assert_same_state, state_of
 from torch import nn
 
-from conftest import BatchNormEncoder, assert_same_state, state_of
 from sklearn_finetune import FeatureCache, FoundationClassifier, load_weights
 
 
@@ -75,7 +75,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     torch.save({"model": BatchNormEncoder()}, path)  # a pickled module, not its weights
     encoder = BatchNormEncoder()
     before = state_of(encoder)
-    with pytest.raises(ValueError, match=r"holds conftest.BatchNormEncoder.*refused .*weights_only=True"):
+    with pytest.raises(
+        ValueError, match=r"holds conftest.BatchNormEncoder.*refused .*weights_only=True"
+    ):
         load_weights(encoder, path)
     assert_same_state(before, encoder)
 
@@ -88,7 +90,9 @@ def test_safetensors_and_plain_state_dicts(tmp_path):
     torch.save(source.state_dict(), tmp_path / "encoder.pt")
     torch.save({"model": source.state_dict(), "epoch": 9}, tmp_path / "mae_style.pth")
     for path, prefix in [
-        ("encoder.safetensors", ""), ("encoder.pt", ""), ("mae_style.pth", "model.")
+        ("encoder.safetensors", ""),
+        ("encoder.pt", ""),
+        ("mae_style.pth", "model."),
     ]:
         encoder = load_weights(BatchNormEncoder(), tmp_path / path, prefix=prefix)
         assert_same_state(state_of(source), encoder)
@@ -128,8 +132,12 @@ def test_shape_mismatch_and_bad_arguments_change_nothing(tmp_path):
 def test_a_hugging_face_save_loads_into_a_fresh_model(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16,
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
     )
     torch.manual_seed(0)
     saved = transformers.BertModel(config)
@@ -155,7 +163,9 @@ def test_a_grid_search_compares_checkpoints(tmp_path, digits):
     encoders = [load_weights(BatchNormEncoder(), path, prefix="encoder.") for path in paths]
     cache = FeatureCache()
     search = GridSearchCV(
-        FoundationClassifier(max_epochs=2, cache=cache), {"encoder": encoders}, cv=2,
+        FoundationClassifier(max_epochs=2, cache=cache),
+        {"encoder": encoders},
+        cv=2,
         error_score="raise",
     ).fit(X, y)
     assert len(search.cv_results_["mean_test_score"]) == 2

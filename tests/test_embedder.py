@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import CountingEncoder, assert_same_state, state_of
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
@@ -14,7 +15,6 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from conftest import CountingEncoder, assert_same_state, state_of
 from sklearn_finetune import FeatureCache, FoundationClassifier, FoundationEmbedder
 
 
@@ -55,8 +55,12 @@ def test_embedder_and_logistic_regression_is_the_lbfgs_linear_probe(pretrained_e
         FoundationEmbedder(pretrained_encoder), LogisticRegression(C=C, max_iter=1000, tol=1e-8)
     ).fit(X, y)
     probe = FoundationClassifier(
-        pretrained_encoder, solver="lbfgs", weight_decay=1 / (C * len(X)), max_epochs=50,
-        val_split=0, random_state=0,
+        pretrained_encoder,
+        solver="lbfgs",
+        weight_decay=1 / (C * len(X)),
+        max_epochs=50,
+        val_split=0,
+        random_state=0,
     ).fit(X, y)
     np.testing.assert_allclose(probe.predict_proba(X), pipeline.predict_proba(X), atol=2e-3)
 
@@ -79,7 +83,9 @@ def test_feature_names_and_pandas_output(pretrained_encoder, digits):
 def test_grid_search_after_the_embedder_encodes_each_sample_once(pretrained_encoder, digits):
     X, y = digits
     counting = CountingEncoder(pretrained_encoder)
-    pipeline = make_pipeline(FoundationEmbedder(counting, cache=FeatureCache()), LogisticRegression())
+    pipeline = make_pipeline(
+        FoundationEmbedder(counting, cache=FeatureCache()), LogisticRegression()
+    )
     search = GridSearchCV(pipeline, {"logisticregression__C": [0.1, 1.0, 10.0]}, cv=3)
     search.fit(X, y)
     n_fits = 3 * 3 + 1  # candidates x folds, and the refit

@@ -4,7 +4,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
 
-
 #: Training by shuffled mini-batches draws a repeated sample into different
 #: batches than one weighted sample; the objectives agree (a weighted mean of
 #: per-sample losses), the optimisation paths do not.

@@ -7,10 +7,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_state, state_of
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
-from conftest import assert_same_state, state_of
 from sklearn_finetune import (
     FeatureCache,
     FoundationClassifier,
@@ -32,8 +32,12 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *NEGATIVE, *POSITIVE, *NE
 def tiny_bert():
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32,
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
     )
     return transformers.BertModel(config)
 
@@ -103,7 +107,9 @@ def test_poolings_of_bert_outputs_use_the_attention_mask(tiny_bert, tokens, outp
 
 def test_padding_does_not_change_the_masked_mean(tiny_bert, tokenizer_dir, reviews):
     texts, y = reviews
-    short, long = (Tokenizer(tokenizer_dir, max_length=n).fit_transform(texts[:5]) for n in (12, 24))
+    short, long = (
+        Tokenizer(tokenizer_dir, max_length=n).fit_transform(texts[:5]) for n in (12, 24)
+    )
     clf = FoundationClassifier(tiny_bert, max_epochs=1, cache=False).fit(short, y[:5])
     embed = clf.module_.embed
     with torch.no_grad():
@@ -188,4 +194,7 @@ def test_tokenizer_input_errors(tokenizer_dir, tmp_path):
         Tokenizer(tokenizer_dir, max_length=0).fit(["great"])
     fitted = tokenizer.fit(["great film", "the plot is dull and boring"])
     assert fitted.truncated_ == 0.5
-    assert fitted.transform(np.array([["great"], ["dull"]], dtype=object))["input_ids"].shape == (2, 4)
+    assert fitted.transform(np.array([["great"], ["dull"]], dtype=object))["input_ids"].shape == (
+        2,
+        4,
+    )

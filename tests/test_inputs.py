@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import BatchNormEncoder, CountingEncoder
 from sklearn.metrics import r2_score
 from torch import nn
 
-from conftest import BatchNormEncoder, CountingEncoder
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
 
 
@@ -53,7 +53,9 @@ def test_torch_tensor_input_matches_numpy_input(digits):
     from_numpy = FoundationClassifier(nn.Linear(64, 4), max_epochs=2, random_state=0).fit(X, y)
     from_tensor = FoundationClassifier(nn.Linear(64, 4), max_epochs=2, random_state=0)
     from_tensor.set_params(encoder=from_numpy.encoder).fit(torch.tensor(X), y)
-    np.testing.assert_array_equal(from_numpy.predict_proba(X), from_tensor.predict_proba(torch.tensor(X)))
+    np.testing.assert_array_equal(
+        from_numpy.predict_proba(X), from_tensor.predict_proba(torch.tensor(X))
+    )
 
 
 def test_dict_input_is_passed_as_keyword_arguments():
@@ -76,7 +78,9 @@ def test_dict_input_is_passed_as_keyword_arguments():
 
 def test_labels_of_any_type_come_back_as_given(digits):
     X, y = digits
-    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    names = np.array(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    )
     for labels in (names[y], pd.Series(names[y], dtype="category"), y + 100):
         clf = FoundationClassifier(nn.Linear(64, 8), max_epochs=2, random_state=0).fit(X, labels)
         expected = np.unique(np.asarray(labels))
@@ -131,10 +135,20 @@ def _with(X, row, col, value):
         (lambda X: X[:0], lambda y: y[:0], ValueError, "0 sample"),
         (lambda X: X[:10], lambda y: np.zeros(10), ValueError, "at least 2 classes"),
         (lambda X: X[:, 0], lambda y: y, ValueError, "Expected 2D array"),
-        (lambda X: np.full(X.shape, "pixel", dtype=object), lambda y: y, ValueError, "could not convert"),
+        (
+            lambda X: np.full(X.shape, "pixel", dtype=object),
+            lambda y: y,
+            ValueError,
+            "could not convert",
+        ),
         (lambda X: X, lambda y: y + 0.5, ValueError, "Unknown label type"),
         (lambda X: X, lambda y: None, ValueError, "requires y"),
-        (lambda X: {"x": X, "mask": X[:-1]}, lambda y: y, ValueError, "same length|one row per sample"),
+        (
+            lambda X: {"x": X, "mask": X[:-1]},
+            lambda y: y,
+            ValueError,
+            "same length|one row per sample",
+        ),
         (lambda X: {}, lambda y: y, ValueError, "empty dict"),
     ],
 )
@@ -199,7 +213,9 @@ def test_predict_checks_fitted_state_and_feature_count(digits):
     with pytest.raises(NotFittedError):
         clf.predict(X)
     clf.fit(X, y)
-    with pytest.raises(ValueError, match="X has 63 features, but FoundationClassifier is expecting 64"):
+    with pytest.raises(
+        ValueError, match="X has 63 features, but FoundationClassifier is expecting 64"
+    ):
         clf.predict(X[:, :63])
 
 

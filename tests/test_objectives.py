@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from skorch.callbacks import Callback
 from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
+from skorch.callbacks import Callback
 from torch import nn
 
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
@@ -43,8 +43,12 @@ def test_balanced_class_weight_is_sklearns(digits):
     keep = (y != 3) | (np.arange(len(y)) % 4 == 0)  # make class 3 rare
     X, y = X[keep], y[keep]
     clf = FoundationClassifier(
-        nn.Linear(64, 8), class_weight="balanced", val_split=0, max_epochs=1,
-        callbacks=[("weights", BatchWeights())], random_state=0,
+        nn.Linear(64, 8),
+        class_weight="balanced",
+        val_split=0,
+        max_epochs=1,
+        callbacks=[("weights", BatchWeights())],
+        random_state=0,
     ).fit(X, y)
     record = dict(clf.net_.callbacks_)["weights"]
     targets, weights = torch.cat(record.targets_).numpy(), torch.cat(record.weights_).numpy()
@@ -78,7 +82,10 @@ def test_sample_weight_routes_through_pipelines_and_cross_validation(digits, pre
     pipe.fit(X, y, foundationclassifier__sample_weight=no_zeros)
     assert 0 not in pipe.predict(X)
     predicted = cross_val_predict(
-        FoundationClassifier(pretrained_encoder, random_state=0), X, y, cv=3,
+        FoundationClassifier(pretrained_encoder, random_state=0),
+        X,
+        y,
+        cv=3,
         params={"sample_weight": no_zeros},
     )
     assert 0 not in predicted and (predicted == y)[y != 0].mean() > 0.8

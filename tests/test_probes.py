@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from skorch import NeuralNet
+from conftest import BatchNormEncoder, CountingEncoder, assert_same_state, state_of
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from skorch import NeuralNet
 from torch import nn
 
-from conftest import BatchNormEncoder, CountingEncoder, assert_same_state, state_of
 from sklearn_finetune import (
     FeatureCache,
     FoundationEmbedder,
@@ -38,7 +38,9 @@ def test_linear_probe_is_standard_scaler_then_logistic_regression(pretrained_enc
             StandardScaler(),
             LogisticRegression(C=1 / (weight_decay * n_train), max_iter=2000),
         ),
-        X, y, cv=5,
+        X,
+        y,
+        cv=5,
     )
     assert scores.shape == (5,)
     np.testing.assert_allclose(scores, reference, atol=0.02)
@@ -49,7 +51,9 @@ def test_a_sequence_of_weight_decays_is_searched_inside_each_fold(pretrained_enc
     """An absurd penalty (all weights near zero: chance level) is never the inner search's pick."""
     X, y = digits
     cache = FeatureCache()
-    tuned = linear_probe_score(pretrained_encoder, X, y, cv=3, weight_decay=[1e-3, 1e3], cache=cache)
+    tuned = linear_probe_score(
+        pretrained_encoder, X, y, cv=3, weight_decay=[1e-3, 1e3], cache=cache
+    )
     fixed = linear_probe_score(pretrained_encoder, X, y, cv=3, weight_decay=1e-3, cache=cache)
     crushed = linear_probe_score(pretrained_encoder, X, y, cv=3, weight_decay=1e3, cache=cache)
     np.testing.assert_array_equal(tuned, fixed)
@@ -101,8 +105,13 @@ class AutoEncoder(nn.Module):
 def _pretrain(X: np.ndarray, callbacks: list) -> NeuralNet:
     torch.manual_seed(0)
     net = NeuralNet(
-        AutoEncoder, criterion=nn.MSELoss, max_epochs=4, lr=0.05, train_split=None,
-        callbacks=callbacks, verbose=0,
+        AutoEncoder,
+        criterion=nn.MSELoss,
+        max_epochs=4,
+        lr=0.05,
+        train_split=None,
+        callbacks=callbacks,
+        verbose=0,
     )
     return net.fit(X.astype(np.float32), X.astype(np.float32))
 
@@ -149,8 +158,14 @@ def test_online_probe_settings_reach_the_probe(digits):
     """A callable locates the encoder, probe_params and scoring reach linear_probe_score."""
     X, y = digits
     probe = OnlineProbe(
-        X, y, every=4, encoder=lambda net: net.module_.encoder, cv=2, scoring="balanced_accuracy",
-        name="crushed_probe", probe_params={"weight_decay": 1e3},
+        X,
+        y,
+        every=4,
+        encoder=lambda net: net.module_.encoder,
+        cv=2,
+        scoring="balanced_accuracy",
+        name="crushed_probe",
+        probe_params={"weight_decay": 1e3},
     )
     net = _pretrain(X, [probe])
     scores = net.history[:, "crushed_probe"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import BatchNormEncoder, CountingEncoder, assert_same_state, state_of
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from conftest import BatchNormEncoder, CountingEncoder, assert_same_state, state_of
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
 
 
@@ -42,7 +42,8 @@ def test_fine_tuning_trains_a_copy_and_leaves_the_given_encoder_alone(digits):
     clf.fit(X, y)
     assert clf.encoder_ is not encoder
     changed = [
-        name for name, value in clf.encoder_.state_dict().items()
+        name
+        for name, value in clf.encoder_.state_dict().items()
         if not torch.equal(value, before[name])
     ]
     assert "layers.0.weight" in changed and "layers.1.running_mean" in changed
@@ -69,8 +70,13 @@ def test_fit_and_predict_restore_the_encoders_modes_and_flags(digits, freeze):
 def test_optimizer_has_backbone_and_head_groups_at_their_rates(digits):
     X, y = digits
     clf = FoundationClassifier(
-        BatchNormEncoder(), freeze_backbone=False, lr=2e-3, backbone_lr_mult=0.05,
-        weight_decay=0.01, max_epochs=1, random_state=0,
+        BatchNormEncoder(),
+        freeze_backbone=False,
+        lr=2e-3,
+        backbone_lr_mult=0.05,
+        weight_decay=0.01,
+        max_epochs=1,
+        random_state=0,
     ).fit(X, y)
     module = clf.module_
     groups = clf.net_.optimizer_.param_groups
@@ -87,9 +93,7 @@ def test_frozen_backbone_is_not_in_the_optimizer(digits):
     clf.fit(X, y)
     groups = clf.net_.optimizer_.param_groups
     assert len(groups) == 1 and groups[0]["lr"] == pytest.approx(5e-3)
-    assert {id(p) for p in groups[0]["params"]} == {
-        id(p) for p in clf.module_.head.parameters()
-    }
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in clf.module_.head.parameters()}
 
 
 def test_parameters_without_requires_grad_stay_fixed_when_fine_tuning(digits):
@@ -158,7 +162,9 @@ def test_fine_tuning_batch_norm_survives_a_last_batch_of_one(digits):
         BatchNormEncoder(), freeze_backbone=False, batch_size=32, max_epochs=2, random_state=0
     )
     clf.fit(X[:41], y[:41] % 2)
-    batch_sizes = [b["train_batch_size"] for b in clf.history_[-1, "batches"] if "train_batch_size" in b]
+    batch_sizes = [
+        b["train_batch_size"] for b in clf.history_[-1, "batches"] if "train_batch_size" in b
+    ]
     assert batch_sizes == [32]
 
 
@@ -188,16 +194,18 @@ def test_lbfgs_linear_probe_solves_logistic_regression(digits, classes):
     encoder = nn.Sequential(nn.Linear(64, 32), nn.Tanh())
     weight_decay = 1e-2
     probe = FoundationClassifier(
-        encoder, solver="lbfgs", weight_decay=weight_decay, val_split=0, max_epochs=20,
+        encoder,
+        solver="lbfgs",
+        weight_decay=weight_decay,
+        val_split=0,
+        max_epochs=20,
         cache=False,
     ).fit(X, y)
     with torch.no_grad():
         features = encoder(torch.as_tensor(X, dtype=torch.float32)).numpy()
     C = (2 if len(classes) == 2 else 1) / (weight_decay * len(X))
     reference = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(features, y)
-    np.testing.assert_allclose(
-        probe.predict_proba(X), reference.predict_proba(features), atol=2e-3
-    )
+    np.testing.assert_allclose(probe.predict_proba(X), reference.predict_proba(features), atol=2e-3)
     assert isinstance(probe.net_.optimizer_, torch.optim.LBFGS)
     assert len(probe.history_) == 20
 

@@ -59,7 +59,9 @@ def test_pool_follows_token_and_channel_conventions():
 def test_masked_pooling_ignores_padding_and_checks_the_mask():
     tokens = torch.arange(24.0).reshape(2, 3, 4)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    torch.testing.assert_close(pool(tokens, "mean", mask), torch.stack([tokens[0, :2].mean(0), tokens[1, 0]]))
+    torch.testing.assert_close(
+        pool(tokens, "mean", mask), torch.stack([tokens[0, :2].mean(0), tokens[1, 0]])
+    )
     torch.testing.assert_close(pool(tokens, "max", mask), torch.stack([tokens[0, 1], tokens[1, 0]]))
     torch.testing.assert_close(pool(tokens, "cls", mask), tokens[:, 0])
     assert pool(tokens, "flatten", mask).shape == (2, 12)
@@ -75,7 +77,9 @@ def test_attention_pooling_over_the_positions_of_a_feature_map(digits):
     X, y = digits
     cnn = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 6, 3), nn.ReLU())
     clf = FoundationClassifier(cnn, pooling="attention", max_epochs=3, random_state=0).fit(X, y)
-    features = clf._embed(clf.encoder_, clf.module_.representation, X[:4].astype("float32"), clf.device_, None)
+    features = clf._embed(
+        clf.encoder_, clf.module_.representation, X[:4].astype("float32"), clf.device_, None
+    )
     assert features.shape == (4, 36, 7)  # 6x6 positions, 6 channels and the mask channel
     assert torch.equal(features[..., -1], torch.ones(4, 36))
     assert clf.predict_proba(X[:4]).shape == (4, 10)

@@ -7,12 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import BatchNormEncoder, assert_same_state, state_of
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from conftest import BatchNormEncoder, assert_same_state, state_of
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
 
 

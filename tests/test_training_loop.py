@@ -7,10 +7,10 @@ import functools
 import numpy as np
 import pytest
 import torch
+from conftest import state_of
 from skorch.callbacks import Callback
 from torch import nn
 
-from conftest import state_of
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
 from sklearn_finetune._optimization import WarmupCosine
 
@@ -48,8 +48,14 @@ class GradientNorms(Callback):
 def test_solver_picks_the_optimizer_and_its_settings(digits, solver, optimizer, settings):
     X, y = digits
     clf = FoundationClassifier(
-        nn.Linear(64, 8), freeze_backbone=False, solver=solver, lr=0.02, backbone_lr_mult=0.5,
-        max_epochs=1, random_state=0, **{k: v for k, v in settings.items() if k != "alpha"},
+        nn.Linear(64, 8),
+        freeze_backbone=False,
+        solver=solver,
+        lr=0.02,
+        backbone_lr_mult=0.5,
+        max_epochs=1,
+        random_state=0,
+        **{k: v for k, v in settings.items() if k != "alpha"},
     ).fit(X, y)
     assert type(clf.net_.optimizer_) is optimizer
     backbone, head = clf.net_.optimizer_.param_groups
@@ -61,10 +67,18 @@ def test_solver_picks_the_optimizer_and_its_settings(digits, solver, optimizer, 
 def test_warmup_cosine_rates_follow_the_schedule_per_batch(digits):
     X, y = digits
     clf = FoundationClassifier(
-        nn.Linear(64, 8), lr=0.1, lr_schedule="warmup_cosine", warmup_epochs=2, max_epochs=6,
-        batch_size=40, val_split=0, random_state=0,
+        nn.Linear(64, 8),
+        lr=0.1,
+        lr_schedule="warmup_cosine",
+        warmup_epochs=2,
+        max_epochs=6,
+        batch_size=40,
+        val_split=0,
+        random_state=0,
     ).fit(X, y)
-    rates = np.concatenate([[batch["event_lr"] for batch in epoch["batches"]] for epoch in clf.history_])
+    rates = np.concatenate(
+        [[batch["event_lr"] for batch in epoch["batches"]] for epoch in clf.history_]
+    )
     factor = WarmupCosine(total_steps=60, warmup_steps=20)  # 400 / 40 = 10 steps per epoch
     np.testing.assert_allclose(rates, [0.1 * factor(step) for step in range(60)], rtol=1e-6)
     assert rates.argmax() == 19 and rates[-1] < 0.001
@@ -89,7 +103,12 @@ def test_epoch_and_batch_schedules(digits, schedule, expected):
 def test_plateau_schedule_divides_the_rate_when_the_loss_stalls(digits):
     X, y = digits
     clf = FoundationClassifier(
-        nn.Linear(64, 8), solver="sgd", momentum=0, lr=1e-6, lr_schedule="plateau", max_epochs=8,
+        nn.Linear(64, 8),
+        solver="sgd",
+        momentum=0,
+        lr=1e-6,
+        lr_schedule="plateau",
+        max_epochs=8,
         random_state=0,
     ).fit(X, y)
     # At this rate the loss cannot improve by torch's relative threshold (1e-4):
@@ -102,12 +121,21 @@ def test_plateau_schedule_divides_the_rate_when_the_loss_stalls(digits):
 
 def test_gradients_are_clipped_before_the_step(digits):
     X, y = digits
-    norms = lambda **params: dict(  # noqa: E731
-        FoundationClassifier(
-            nn.Linear(64, 8), freeze_backbone=False, lr=0.5, max_epochs=2,
-            callbacks=[("norms", GradientNorms())], random_state=0, **params,
-        ).fit(X, y).net_.callbacks_
-    )["norms"].norms_
+    norms = lambda **params: (
+        dict(
+            FoundationClassifier(
+                nn.Linear(64, 8),
+                freeze_backbone=False,
+                lr=0.5,
+                max_epochs=2,
+                callbacks=[("norms", GradientNorms())],
+                random_state=0,
+                **params,
+            )
+            .fit(X, y)
+            .net_.callbacks_
+        )["norms"].norms_
+    )
     assert max(norms()) > 0.5
     assert max(norms(max_grad_norm=0.5)) <= 0.5 + 1e-5
 
@@ -132,8 +160,13 @@ def test_mixed_precision_runs_forward_passes_under_autocast(digits, precision, f
     X, y = digits
     encoder = AutocastProbe()
     clf = FoundationClassifier(
-        encoder, freeze_backbone=freeze, precision=precision, max_epochs=2, cache=False,
-        device="cpu", random_state=0,
+        encoder,
+        freeze_backbone=freeze,
+        precision=precision,
+        max_epochs=2,
+        cache=False,
+        device="cpu",
+        random_state=0,
     ).fit(X, y)
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}[precision]
     # Fine-tuning first runs the encoder once in float32, to size the head.
@@ -230,7 +263,12 @@ def test_batch_norm_heads(digits):
     mlp = FoundationClassifier(
         nn.Linear(64, 8), head="mlp", hidden_dims=(16,), batch_norm=True, max_epochs=1
     ).fit(X, y)
-    assert [type(m).__name__ for m in mlp.module_.head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in mlp.module_.head] == [
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+    ]
 
 
 def test_verbose_2_shows_progress_bars(digits, capsys):

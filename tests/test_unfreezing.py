@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from skorch.callbacks import Callback
+from conftest import BatchNormEncoder, state_of
 from sklearn.model_selection import GridSearchCV
+from skorch.callbacks import Callback
 from torch import nn
 
-from conftest import BatchNormEncoder, state_of
 from sklearn_finetune import FoundationClassifier
 from sklearn_finetune._blocks import backbone_blocks
 
@@ -29,7 +29,9 @@ def changed(before, after):
 
 
 def three_layers():
-    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16))
+    return nn.Sequential(
+        nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16)
+    )
 
 
 def test_backbone_is_unchanged_before_unfreeze_at_and_trains_after(digits):
@@ -55,7 +57,11 @@ def test_backbone_is_unchanged_before_unfreeze_at_and_trains_after(digits):
 def test_backbone_group_is_in_the_optimizer_at_its_rate_from_the_start(digits):
     X, y = digits
     clf = FoundationClassifier(
-        BatchNormEncoder(), unfreeze_at=1, max_epochs=2, lr=1e-2, backbone_lr_mult=0.1,
+        BatchNormEncoder(),
+        unfreeze_at=1,
+        max_epochs=2,
+        lr=1e-2,
+        backbone_lr_mult=0.1,
         random_state=0,
     ).fit(X, y)
     backbone, head = clf.net_.optimizer_.param_groups
@@ -66,8 +72,13 @@ def test_backbone_group_is_in_the_optimizer_at_its_rate_from_the_start(digits):
 def test_top_down_unfreezes_one_block_per_epoch_from_the_top(digits):
     X, y = digits
     clf = FoundationClassifier(
-        three_layers(), unfreeze_at=1, unfreeze_mode="top_down", max_epochs=4, lr=1e-2,
-        callbacks=[("snapshots", EncoderSnapshots())], random_state=0,
+        three_layers(),
+        unfreeze_at=1,
+        unfreeze_mode="top_down",
+        max_epochs=4,
+        lr=1e-2,
+        callbacks=[("snapshots", EncoderSnapshots())],
+        random_state=0,
     ).fit(X, y)
     states = dict(clf.net_.callbacks_)["snapshots"].snapshots_
     layer = {0: {"0.weight", "0.bias"}, 2: {"2.weight", "2.bias"}, 4: {"4.weight", "4.bias"}}
@@ -93,8 +104,13 @@ def test_unfreezing_keeps_parameters_the_user_fixed_fixed(digits):
 def test_layer_decay_rates_are_a_geometric_series_over_blocks(digits):
     X, y = digits
     clf = FoundationClassifier(
-        three_layers(), freeze_backbone=False, lr=1e-2, backbone_lr_mult=0.5, layer_decay=0.5,
-        max_epochs=1, random_state=0,
+        three_layers(),
+        freeze_backbone=False,
+        lr=1e-2,
+        backbone_lr_mult=0.5,
+        layer_decay=0.5,
+        max_epochs=1,
+        random_state=0,
     ).fit(X, y)
     groups = clf.net_.optimizer_.param_groups
     assert [g["lr"] for g in groups] == pytest.approx([1.25e-3, 2.5e-3, 5e-3, 1e-2])
@@ -106,8 +122,12 @@ def test_layer_decay_rates_are_a_geometric_series_over_blocks(digits):
 def test_transformer_blocks_are_embeddings_layers_and_pooler():
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16,
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
     )
     blocks = backbone_blocks(transformers.BertModel(config))
     assert len(blocks) == 5
