@@ -47,7 +47,7 @@ from skorch import NeuralNetClassifier
 from torch import nn
 
 from sklearn_finetune import FeatureCache, FoundationClassifier
-from sklearn_finetune._embedding import encode
+from sklearn_finetune._frozen import encode
 from sklearn_finetune._heads import build_head
 from sklearn_finetune._representation import Representation
 

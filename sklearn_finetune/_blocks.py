@@ -1,13 +1,8 @@
-"""A backbone's ordered blocks, and unfreezing it on schedule (gradual unfreezing)."""
+"""A backbone's ordered blocks: what layer-wise rates and top-down unfreezing act on."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from skorch.callbacks import Callback
 from torch import nn
-
-UNFREEZE_MODES = ("all", "top_down")
 
 
 def _block_list(encoder: nn.Module) -> tuple[str, list[str]] | None:
@@ -86,58 +81,3 @@ def backbone_blocks(encoder: nn.Module) -> list[list[str]]:
         else:
             before.append(name)
     return [block for block in (before, *blocks, after) if block]
-
-
-class BackboneUnfreezing(Callback):
-    """Keeps the backbone frozen for ``unfreeze_at`` epochs, then lets it train.
-
-    While frozen the encoder runs in eval mode without gradients (as with
-    ``freeze_backbone=True``). Its parameters are in the optimizer from the
-    start, at ``lr * backbone_lr_mult``, but get no gradient, so no update
-    and no weight decay touch them: the same as their group joining the
-    optimizer at epoch ``unfreeze_at``, and a learning-rate schedule applies
-    to them as to the head. With ``mode="top_down"`` one block unfreezes per
-    epoch, the top block first (ULMFiT's gradual unfreezing).
-
-    Parameters
-    ----------
-    unfreeze_at : int
-        Number of epochs that train the head alone.
-    mode : {"all", "top_down"}
-        Unfreeze the whole backbone at once, or one block per epoch from the
-        top.
-    blocks : list of list of str or None
-        ``backbone_blocks(encoder)`` for ``"top_down"``.
-    """
-
-    def __init__(self, unfreeze_at: int, mode: str, blocks: list[list[str]] | None) -> None:
-        self.unfreeze_at = unfreeze_at
-        self.mode = mode
-        self.blocks = blocks
-
-    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
-        encoder = net.module_.encoder
-        self.trainable_ = [name for name, p in encoder.named_parameters() if p.requires_grad]
-        self._set_epoch(net, 0)
-
-    def on_epoch_begin(self, net: Any, **kwargs: Any) -> None:
-        self._set_epoch(net, len(net.history) - 1)
-
-    def on_train_end(self, net: Any, **kwargs: Any) -> None:
-        """Leave the trained encoder as it came: every parameter that could train can train."""
-        parameters = dict(net.module_.encoder.named_parameters())
-        for name in self.trainable_:
-            parameters[name].requires_grad_(True)
-        net.module_.frozen = False
-
-    def _set_epoch(self, net: Any, epoch: int) -> None:
-        """Freeze or unfreeze for ``epoch`` (counted from 0)."""
-        module = net.module_
-        module.frozen = epoch < self.unfreeze_at
-        if self.mode != "top_down" or module.frozen:
-            return
-        n_unfrozen = epoch - self.unfreeze_at + 1
-        still_frozen = {name for block in self.blocks[:-n_unfrozen] for name in block}
-        parameters = dict(module.encoder.named_parameters())
-        for name in self.trainable_:
-            parameters[name].requires_grad_(name not in still_frozen)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from functools import partial
 from numbers import Real
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,12 +15,9 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_array, column_or_1d
 from torch import nn
 
-from ._base import FoundationEstimator, with_shared_docs
-from ._cache import FeatureCache
-from ._heads import HeadSpec
+from ._estimator import FoundationEstimator
 from ._losses import SigmoidCrossEntropy, SoftmaxCrossEntropy
-from ._optimization import Solver
-from ._representation import Pooling
+from ._parameters import declared, parameter
 
 
 def _as_labels(y: Any) -> np.ndarray:
@@ -41,7 +36,7 @@ def _as_indicator(y: Any, n_labels: int | None = None) -> np.ndarray | None:
     return y
 
 
-@with_shared_docs
+@declared
 class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     """A classifier made of a torch encoder and a head, trained by skorch.
 
@@ -54,21 +49,7 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
 
     Parameters
     ----------
-    {shared_parameters}
-
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes in the loss, as in scikit-learn: a dict maps
-        labels to weights (missing labels weigh 1); ``"balanced"`` gives
-        class ``c`` the weight ``n_samples / (n_classes * count(c))``,
-        counted in the y passed to ``fit``. A sample's weight is its class's
-        times its ``sample_weight``. Not for multilabel y (use
-        ``sample_weight``).
-
-    label_smoothing : float, default=0.0
-        Label smoothing of the cross-entropy, in [0, 1): the target puts
-        ``label_smoothing`` of its mass evenly on all classes (for
-        multilabel y, each 0/1 target moves towards 1/2 by
-        ``label_smoothing / 2``).
+    {parameters}
 
     Attributes
     ----------
@@ -110,86 +91,30 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     (2,)
     """
 
-    _parameter_constraints: ClassVar[dict[str, list]] = {
-        **FoundationEstimator._parameter_constraints,
-        "class_weight": [dict, StrOptions({"balanced"}), None],
-        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
-    }
-
-    def __init__(
-        self,
-        encoder: nn.Module | None = None,
-        *,
-        freeze_backbone: bool | str = "auto",
-        unfreeze_at: int | None = None,
-        unfreeze_mode: str = "all",
-        head: HeadSpec = "linear",
-        hidden_dims: Sequence[int] = (64, 32),
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-        solver: Solver = "adamw",
-        lr: float = 1e-3,
-        backbone_lr_mult: float = 0.1,
-        layer_decay: float | None = None,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        lr_schedule: str | None = None,
-        warmup_epochs: float = 1,
-        max_grad_norm: float | None = None,
-        precision: str = "32",
-        max_epochs: int = 30,
-        batch_size: int = 32,
-        inference_batch_size: int | None = None,
-        val_split: float | tuple | None = 0.2,
-        scoring: str = "loss",
-        patience: int | None = None,
-        restore_best_weights: bool = True,
-        output_key: str | None = None,
-        pooling: Pooling = "mean",
-        cache: bool | str | os.PathLike | FeatureCache = True,
-        callbacks: list | None = None,
-        device: str | torch.device = "auto",
-        random_state: int | np.random.RandomState | None = None,
-        verbose: int = 0,
-        class_weight: dict | str | None = None,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__(
-            encoder,
-            freeze_backbone=freeze_backbone,
-            unfreeze_at=unfreeze_at,
-            unfreeze_mode=unfreeze_mode,
-            head=head,
-            hidden_dims=hidden_dims,
-            dropout=dropout,
-            batch_norm=batch_norm,
-            solver=solver,
-            lr=lr,
-            backbone_lr_mult=backbone_lr_mult,
-            layer_decay=layer_decay,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            lr_schedule=lr_schedule,
-            warmup_epochs=warmup_epochs,
-            max_grad_norm=max_grad_norm,
-            precision=precision,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            inference_batch_size=inference_batch_size,
-            val_split=val_split,
-            scoring=scoring,
-            patience=patience,
-            restore_best_weights=restore_best_weights,
-            output_key=output_key,
-            pooling=pooling,
-            cache=cache,
-            callbacks=callbacks,
-            device=device,
-            random_state=random_state,
-            verbose=verbose,
-        )
-        self.class_weight = class_weight
-        self.label_smoothing = label_smoothing
+    class_weight: dict | str | None = parameter(
+        default=None,
+        constraints=[dict, StrOptions({"balanced"}), None],
+        types='dict, "balanced" or None',
+        doc="""
+        Weights of the classes in the loss, as in scikit-learn: a dict maps
+        labels to weights (missing labels weigh 1); ``"balanced"`` gives
+        class ``c`` the weight ``n_samples / (n_classes * count(c))``,
+        counted in the y passed to ``fit``. A sample's weight is its class's
+        times its ``sample_weight``. Not for multilabel y (use
+        ``sample_weight``).
+        """,
+    )
+    label_smoothing: float = parameter(
+        default=0.0,
+        constraints=[Interval(Real, 0, 1, closed="left")],
+        types="float",
+        doc="""
+        Label smoothing of the cross-entropy, in [0, 1): the target puts
+        ``label_smoothing`` of its mass evenly on all classes (for
+        multilabel y, each 0/1 target moves towards 1/2 by
+        ``label_smoothing / 2``).
+        """,
+    )
 
     def _criterion(self) -> nn.Module:
         loss = SigmoidCrossEntropy if self.multilabel_ else SoftmaxCrossEntropy

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from numbers import Integral
-from typing import Any, ClassVar
+import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,21 +13,20 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
-from skorch.utils import multi_indexing, to_tensor
 from torch import nn
 
-from ._base import clone_sharing
-from ._cache import FeatureCache, feature_cache
-from ._device import PRECISIONS, check_precision, resolve_device
-from ._embedding import embed
-from ._encoder import prepare_encoder
-from ._module import representation_size
+from ._cache import feature_cache
+from ._device import check_precision, resolve_device
+from ._encoder import clone_sharing
+from ._frozen import FrozenEncoding
+from ._inputs import validate_X
+from ._parameters import CacheSetting, declared, shared
 from ._representation import POOLINGS, Pooling, Representation
-from ._validation import ModelInput, validate_X
 
 
+@declared
 class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """A frozen encoder's representation of X, as features for any scikit-learn model.
 
@@ -42,26 +40,7 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
 
     Parameters
     ----------
-    encoder : torch.nn.Module
-        The backbone, as for :class:`FoundationClassifier`.
-    output_key : str or None, default=None
-        Which entry of a mapping output holds the representation (see
-        :class:`FoundationClassifier`).
-    pooling : {"mean", "max", "cls", "flatten"} or callable, default="mean"
-        How an output with more than two axes becomes one row per sample,
-        using the ``attention_mask`` of a dict X (see
-        :class:`FoundationClassifier`; the learned ``"attention"`` pooling
-        needs a head and is not available here).
-    precision : {"32", "bf16", "16"}, default="32"
-        ``"bf16"`` and ``"16"`` run the encoder under autocast.
-    batch_size : int, default=32
-        Samples per forward pass.
-    cache : bool, str, path-like or FeatureCache, default=True
-        Where features are kept between calls (see :class:`FeatureCache`).
-    device : str or torch.device, default="auto"
-        ``"auto"`` picks CUDA, then MPS, then the CPU.
-    verbose : int, default=0
-        ``2`` shows a progress bar over the batches.
+    {parameters}
 
     Attributes
     ----------
@@ -98,37 +77,30 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     (3,)
     """
 
-    _parameter_constraints: ClassVar[dict[str, list]] = {
-        "encoder": [nn.Module],
-        "output_key": [str, None],
-        "pooling": [StrOptions(set(POOLINGS) - {"attention"}), callable],
-        "precision": [StrOptions(set(PRECISIONS))],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "cache": ["boolean", str, os.PathLike, FeatureCache],
-        "device": [str, torch.device],
-        "verbose": ["verbose"],
-    }
-
-    def __init__(
-        self,
-        encoder: nn.Module,
-        *,
-        output_key: str | None = None,
-        pooling: Pooling = "mean",
-        precision: str = "32",
-        batch_size: int = 32,
-        cache: bool | str | os.PathLike | FeatureCache = True,
-        device: str | torch.device = "auto",
-        verbose: int = 0,
-    ) -> None:
-        self.encoder = encoder
-        self.output_key = output_key
-        self.pooling = pooling
-        self.precision = precision
-        self.batch_size = batch_size
-        self.cache = cache
-        self.device = device
-        self.verbose = verbose
+    encoder: nn.Module = shared(
+        "encoder",
+        default=dataclasses.MISSING,
+        constraints=[nn.Module],
+        types="torch.nn.Module",
+        doc="The backbone, as for :class:`FoundationClassifier`; never changed.",
+    )
+    output_key: str | None = shared("output_key")
+    pooling: Pooling = shared(
+        "pooling",
+        constraints=[StrOptions(set(POOLINGS) - {"attention"}), callable],
+        types='{"mean", "max", "cls", "flatten"} or callable',
+        doc="""
+        How an output with more than two axes becomes one row per sample,
+        using the ``attention_mask`` of a dict X (see
+        :class:`FoundationClassifier`; the learned ``"attention"`` pooling
+        needs a head and is not available here).
+        """,
+    )
+    precision: str = shared("precision")
+    batch_size: int = shared("batch_size", doc="Samples per forward pass.")
+    cache: CacheSetting = shared("cache")
+    device: str | torch.device = shared("device")
+    verbose: int = shared("verbose")
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None) -> FoundationEmbedder:
@@ -146,14 +118,9 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         self
         """
         X = validate_X(self, X, reset=True, for_mlp=False)
-        feature_cache(self.cache)  # a bad cache path fails here
         device = resolve_device(self.device)
         check_precision(self.precision, device)
-        self.n_features_out_ = representation_size(
-            prepare_encoder(self.encoder, trainable=False, device=device),
-            self._representation(),
-            to_tensor(multi_indexing(X, slice(0, 2)), device),
-        )
+        self.n_features_out_ = self._encoding(device).width(X)
         self.device_ = device
         return self
 
@@ -170,20 +137,19 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         ndarray of shape (n_samples, n_features_out_), float32
         """
         check_is_fitted(self, "n_features_out_")
-        X: ModelInput = validate_X(self, X, reset=False, for_mlp=False)
-        return embed(
+        return self._encoding(self.device_).features(validate_X(self, X, reset=False, for_mlp=False))
+
+    def _encoding(self, device: torch.device) -> FrozenEncoding:
+        """The encoder's features through the cache (a bad cache setting fails here)."""
+        return FrozenEncoding(
             self.encoder,
-            self._representation(),
-            X,
-            device=self.device_,
+            Representation(self.output_key, self.pooling),
+            device,
             batch_size=self.batch_size,
             cache=feature_cache(self.cache),
             precision=self.precision,
             progress=self.verbose >= 2,
         )
-
-    def _representation(self) -> Representation:
-        return Representation(self.output_key, self.pooling)
 
     @property
     def _n_features_out(self) -> int:

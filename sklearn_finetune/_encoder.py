@@ -1,13 +1,19 @@
-"""How the user's encoder is held: shared when frozen, copied when trained, its modes restored."""
+"""The backbone a fit runs: the user's encoder (shared when frozen, copied when trained, its
+modes restored, shared by clones) or an MLP built for ``encoder=None``."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from math import prod
+from typing import Any
 
 import torch
+from sklearn.base import BaseEstimator, clone
 from torch import nn
+
+from ._heads import mlp_layers
 
 
 @contextmanager
@@ -70,3 +76,39 @@ def prepare_encoder(encoder: nn.Module, *, trainable: bool, device: torch.device
     if not trainable and (current is None or current == device):
         return encoder
     return copy.deepcopy(encoder).to(device)
+
+
+def mlp_backbone(sample_shape: Sequence[int]) -> nn.Sequential:
+    """A small MLP encoder sized from the data, for ``encoder=None``.
+
+    Flattens each sample and applies two ReLU layers of width
+    ``clip(2 * n_features, 32, 256)``.
+
+    Examples
+    --------
+    >>> from sklearn_finetune._encoder import mlp_backbone
+    >>> mlp_backbone((1, 8, 8))[1]
+    Linear(in_features=64, out_features=128, bias=True)
+    """
+    n_features = prod(sample_shape)
+    width = min(256, max(32, 2 * n_features))
+    return nn.Sequential(nn.Flatten(), *mlp_layers(n_features, (width, width)))
+
+
+def clone_sharing(estimator: BaseEstimator, shared: tuple[str, ...] = ("encoder", "cache")) -> Any:
+    """An unfitted copy of ``estimator`` that shares the ``shared`` parameters' objects.
+
+    ``fit`` never changes the encoder it is given (a trained backbone is
+    copied at fit time), so sharing it is safe, and it saves GridSearchCV
+    and cross_val_score a deep copy of a possibly large model per candidate
+    and fold. The cache is shared for the same reason a cache exists. Every
+    other parameter is cloned as :func:`sklearn.base.clone` would, and so
+    are metadata requests and the ``set_output`` configuration.
+    """
+    params = estimator.get_params(deep=False)
+    kept = {name: params.pop(name) for name in shared}
+    new = type(estimator)(**kept, **{k: clone(v, safe=False) for k, v in params.items()})
+    for state in ("_metadata_request", "_sklearn_output_config"):
+        if hasattr(estimator, state):
+            setattr(new, state, copy.deepcopy(getattr(estimator, state)))
+    return new

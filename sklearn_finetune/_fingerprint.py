@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validation import ModelInput, n_samples
+from ._inputs import ModelInput, n_samples
 
 #: Bumped when what the cache stores or how keys are made changes, so that a
 #: directory written by an older version is never read as current.

@@ -1,10 +1,9 @@
-"""The trainable layers: prediction heads, attention pooling, and the MLP backbone used when no encoder is given."""
+"""The trainable layers on top of the representation: prediction heads and attention pooling."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from math import prod
 from typing import Union
 
 import torch
@@ -175,20 +174,3 @@ class AttentionPooling(nn.Module):
         scores = self.score(hidden).squeeze(-1).masked_fill(~real, float("-inf"))
         weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a sample of padding only: zeros
         return (weights.unsqueeze(-1) * hidden).sum(1)
-
-
-def mlp_backbone(sample_shape: Sequence[int]) -> nn.Sequential:
-    """A small MLP encoder sized from the data, for ``encoder=None``.
-
-    Flattens each sample and applies two ReLU layers of width
-    ``clip(2 * n_features, 32, 256)``.
-
-    Examples
-    --------
-    >>> from sklearn_finetune._heads import mlp_backbone
-    >>> mlp_backbone((1, 8, 8))[1]
-    Linear(in_features=64, out_features=128, bias=True)
-    """
-    n_features = prod(sample_shape)
-    width = min(256, max(32, 2 * n_features))
-    return nn.Sequential(nn.Flatten(), *mlp_layers(n_features, (width, width)))

@@ -7,10 +7,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+from skorch.utils import multi_indexing, to_tensor
 from torch import nn
 
 from ._encoder import preserved_modes
 from ._representation import Representation
+
+#: The prefix of the backbone's parameter names in ``FoundationModule``, as
+#: skorch's ``optimizer__param_groups`` patterns see them.
+ENCODER_PREFIX = "encoder."
 
 
 def call_encoder(encoder: nn.Module, X: Any) -> Any:
@@ -47,14 +52,17 @@ def explained_failure(batch: Any) -> Iterator[None]:
         ) from exc
 
 
-def representation_size(encoder: nn.Module, representation: Representation, batch: Any) -> int:
-    """Run the encoder once on a small batch and return the representation's width.
+def representation_size(
+    encoder: nn.Module, representation: Representation, X: Any, device: torch.device
+) -> int:
+    """Run the encoder once on X's first two samples and return the representation's width.
 
     The encoder runs in eval mode without gradients and its modes are restored
     afterwards, so the probe changes nothing (no batch-norm statistics move).
     This is also where an encoder that cannot take X, or returns something
     that is not a tensor, is reported, before any training starts.
     """
+    batch = to_tensor(multi_indexing(X, slice(0, 2)), device)
     with torch.no_grad(), preserved_modes(encoder):
         encoder.eval()
         with explained_failure(batch):
@@ -114,6 +122,6 @@ class FoundationModule(nn.Module):
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
-            if self.frozen and name.startswith("encoder."):
+            if self.frozen and name.startswith(ENCODER_PREFIX):
                 continue
             yield name, parameter

@@ -1,17 +1,23 @@
-"""The skorch net that runs the training loop."""
+"""The skorch net that runs the training loop, and how a fit plan configures it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from skorch import NeuralNet
 from skorch.utils import TeeGenerator, to_tensor
 from torch import nn
 
+from ._callbacks import estimator_callbacks
 from ._device import autocast
 from ._module import FoundationModule
+from ._optimization import solver_settings, steps_per_epoch
+
+if TYPE_CHECKING:
+    from ._estimator import FoundationEstimator
+    from ._plan import FitPlan
 
 
 class FoundationNet(NeuralNet):
@@ -134,3 +140,53 @@ class FoundationNet(NeuralNet):
             scaler.step(self.optimizer_)
             scaler.update()
         return step
+
+
+def build_net(
+    estimator: FoundationEstimator, plan: FitPlan, module: nn.Module, **settings: Any
+) -> FoundationNet:
+    """The skorch net that trains ``module`` as ``estimator``'s parameters and ``plan`` say.
+
+    Parameters
+    ----------
+    estimator : FoundationClassifier or FoundationRegressor
+        Its loss, solver, epochs, batch sizes, clipping, precision, callbacks
+        and verbosity.
+    plan : FitPlan
+        The device, the regime and the number of training rows.
+    module : torch.nn.Module
+        A ``FoundationModule``, or a head alone on cached features.
+    **settings
+        More skorch settings (``train_split``, iterators, parameter
+        groups), which take precedence.
+
+    Returns
+    -------
+    FoundationNet
+        Not yet initialised.
+    """
+    solver = solver_settings(
+        estimator.solver,
+        lr=estimator.lr,
+        weight_decay=estimator.weight_decay,
+        momentum=estimator.momentum,
+        batch_size=estimator.batch_size,
+        n_train=plan.n_train,
+    )
+    drop_last = solver.get("iterator_train__drop_last", False)
+    steps = steps_per_epoch(plan.n_train, estimator.batch_size, drop_last)
+    defaults = dict(
+        module=module,
+        criterion=estimator._criterion(),
+        max_epochs=estimator.max_epochs,
+        iterator_valid__batch_size=estimator._inference_batch_size(),
+        callbacks=estimator_callbacks(estimator, plan, steps),
+        predict_nonlinearity=estimator._predict_nonlinearity(),
+        max_grad_norm=estimator.max_grad_norm,
+        precision=estimator.precision,
+        device=plan.device,
+        verbose=estimator.verbose,
+        **solver,
+    )
+    return FoundationNet(**{**defaults, **settings})
+

@@ -9,6 +9,8 @@ from typing import Any, Union
 import torch
 from skorch.callbacks import LRScheduler
 
+from ._module import ENCODER_PREFIX
+
 #: Named solvers; ``solver`` may also be a torch optimizer class or factory.
 SOLVERS = ("adamw", "adam", "sgd", "lbfgs")
 LR_SCHEDULES = ("cosine", "warmup_cosine", "step", "plateau")
@@ -130,14 +132,34 @@ def schedule_callback(
     )
 
 
+def backbone_groups(
+    backbone_lr: float, layer_decay: float | None, blocks: list[list[str]] | None
+) -> list[tuple[str, dict[str, float]]]:
+    """skorch ``optimizer__param_groups`` for a trained backbone (the head takes ``lr``).
+
+    One group at ``backbone_lr``, or with ``layer_decay`` (and ``blocks``,
+    which the fit plan finds whenever ``layer_decay`` is set) one group per
+    block (see :func:`block_learning_rates`).
+
+    Examples
+    --------
+    >>> from sklearn_finetune._optimization import backbone_groups
+    >>> backbone_groups(0.01, None, None)
+    [('encoder.*', {'lr': 0.01})]
+    """
+    if layer_decay is None or blocks is None:
+        return [(ENCODER_PREFIX + "*", {"lr": backbone_lr})]
+    return block_learning_rates(blocks, backbone_lr, layer_decay)
+
+
 def block_learning_rates(
-    blocks: list[list[str]], top_lr: float, decay: float, prefix: str = "encoder."
+    blocks: list[list[str]], top_lr: float, decay: float
 ) -> list[tuple[str, dict[str, float]]]:
     """skorch ``optimizer__param_groups`` for layer-wise learning-rate decay.
 
     The top block trains at ``top_lr`` and each block below at the rate of
     the block above times ``decay``. One group per block; each parameter is
-    matched by its exact name under ``prefix``.
+    matched by its exact name in the ``FoundationModule``.
 
     Examples
     --------
@@ -147,7 +169,7 @@ def block_learning_rates(
     """
     top = len(blocks) - 1
     return [
-        (prefix + name, {"lr": top_lr * decay ** (top - depth)})
+        (ENCODER_PREFIX + name, {"lr": top_lr * decay ** (top - depth)})
         for depth, block in enumerate(blocks)
         for name in block
     ]

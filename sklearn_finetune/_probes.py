@@ -18,8 +18,8 @@ from ._cache import FeatureCache
 from ._classifier import FoundationClassifier
 from ._embedder import FoundationEmbedder
 from ._encoder import module_device
+from ._inputs import n_samples
 from ._regressor import FoundationRegressor
-from ._validation import n_samples
 
 #: The L2 strengths linear_probe_score searches by default.
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)

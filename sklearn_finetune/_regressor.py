@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,15 +11,12 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array
 from torch import nn
 
-from ._base import FoundationEstimator, with_shared_docs
-from ._cache import FeatureCache
-from ._heads import HeadSpec
+from ._estimator import FoundationEstimator
 from ._losses import REGRESSION_LOSSES, RegressionLoss
-from ._optimization import Solver
-from ._representation import Pooling
+from ._parameters import declared, parameter
 
 
-@with_shared_docs
+@declared
 class FoundationRegressor(RegressorMixin, FoundationEstimator):
     """A regressor made of a torch encoder and a head, trained by skorch.
 
@@ -34,12 +29,7 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
 
     Parameters
     ----------
-    {shared_parameters}
-
-    loss : {"squared_error", "huber"}, default="squared_error"
-        The training loss on standardised targets, averaged over targets.
-        ``"huber"``: quadratic within one standard deviation of the target
-        and linear beyond, so outliers pull less.
+    {parameters}
 
     Attributes
     ----------
@@ -73,83 +63,16 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     (3,)
     """
 
-    _parameter_constraints: ClassVar[dict[str, list]] = {
-        **FoundationEstimator._parameter_constraints,
-        "loss": [StrOptions(set(REGRESSION_LOSSES))],
-    }
-
-    def __init__(
-        self,
-        encoder: nn.Module | None = None,
-        *,
-        freeze_backbone: bool | str = "auto",
-        unfreeze_at: int | None = None,
-        unfreeze_mode: str = "all",
-        head: HeadSpec = "linear",
-        hidden_dims: Sequence[int] = (64, 32),
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-        solver: Solver = "adamw",
-        lr: float = 1e-3,
-        backbone_lr_mult: float = 0.1,
-        layer_decay: float | None = None,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        lr_schedule: str | None = None,
-        warmup_epochs: float = 1,
-        max_grad_norm: float | None = None,
-        precision: str = "32",
-        max_epochs: int = 30,
-        batch_size: int = 32,
-        inference_batch_size: int | None = None,
-        val_split: float | tuple | None = 0.2,
-        scoring: str = "loss",
-        patience: int | None = None,
-        restore_best_weights: bool = True,
-        output_key: str | None = None,
-        pooling: Pooling = "mean",
-        cache: bool | str | os.PathLike | FeatureCache = True,
-        callbacks: list | None = None,
-        device: str | torch.device = "auto",
-        random_state: int | np.random.RandomState | None = None,
-        verbose: int = 0,
-        loss: str = "squared_error",
-    ) -> None:
-        super().__init__(
-            encoder,
-            freeze_backbone=freeze_backbone,
-            unfreeze_at=unfreeze_at,
-            unfreeze_mode=unfreeze_mode,
-            head=head,
-            hidden_dims=hidden_dims,
-            dropout=dropout,
-            batch_norm=batch_norm,
-            solver=solver,
-            lr=lr,
-            backbone_lr_mult=backbone_lr_mult,
-            layer_decay=layer_decay,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            lr_schedule=lr_schedule,
-            warmup_epochs=warmup_epochs,
-            max_grad_norm=max_grad_norm,
-            precision=precision,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            inference_batch_size=inference_batch_size,
-            val_split=val_split,
-            scoring=scoring,
-            patience=patience,
-            restore_best_weights=restore_best_weights,
-            output_key=output_key,
-            pooling=pooling,
-            cache=cache,
-            callbacks=callbacks,
-            device=device,
-            random_state=random_state,
-            verbose=verbose,
-        )
-        self.loss = loss
+    loss: str = parameter(
+        default="squared_error",
+        constraints=[StrOptions(set(REGRESSION_LOSSES))],
+        types='{"squared_error", "huber"}',
+        doc="""
+        The training loss on standardised targets, averaged over targets.
+        ``"huber"``: quadratic within one standard deviation of the target
+        and linear beyond, so outliers pull less.
+        """,
+    )
 
     def _criterion(self) -> nn.Module:
         return RegressionLoss(self.loss)

@@ -214,7 +214,7 @@ WRITER = textwrap.dedent(
     import torch
     from torch import nn
     from sklearn_finetune import FeatureCache
-    from sklearn_finetune._embedding import embed
+    from sklearn_finetune._frozen import embed
     from sklearn_finetune._representation import Representation
 
     warnings.simplefilter("error")  # a damaged file seen by a writer fails it

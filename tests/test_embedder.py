@@ -40,10 +40,8 @@ def test_features_equal_the_linear_probes(pretrained_encoder, digits):
     misses = cache.misses
     clf = FoundationClassifier(pretrained_encoder, cache=cache, max_epochs=2).fit(X, y)
     assert cache.misses == misses  # the classifier found every sample's features in the cache
-    probe_features = clf._embed(
-        clf.encoder_, clf.module_.representation, X.astype(np.float32), clf.device_, None
-    )
-    np.testing.assert_array_equal(features, probe_features.numpy())
+    encoding = clf._frozen_encoding(clf.encoder_, clf.module_.representation, clf.device_, None)
+    np.testing.assert_array_equal(features, encoding.features(X.astype(np.float32)))
     assert_same_state(before, pretrained_encoder)
 
 

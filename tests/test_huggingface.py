@@ -101,7 +101,8 @@ def test_poolings_of_bert_outputs_use_the_attention_mask(tiny_bert, tokens, outp
         expected = _reference(tiny_bert, batch, output_key, pooling)
         torch.testing.assert_close(clf.module_.embed(**batch), expected)
     # The cached features the head trained on are the same representation.
-    features = clf._embed(clf.encoder_, clf.module_.representation, X, clf.device_, None)
+    encoding = clf._frozen_encoding(clf.encoder_, clf.module_.representation, clf.device_, None)
+    features = torch.as_tensor(encoding.features(X))
     torch.testing.assert_close(features[:6], expected)
 
 

@@ -77,9 +77,8 @@ def test_attention_pooling_over_the_positions_of_a_feature_map(digits):
     X, y = digits
     cnn = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 6, 3), nn.ReLU())
     clf = FoundationClassifier(cnn, pooling="attention", max_epochs=3, random_state=0).fit(X, y)
-    features = clf._embed(
-        clf.encoder_, clf.module_.representation, X[:4].astype("float32"), clf.device_, None
-    )
+    encoding = clf._frozen_encoding(clf.encoder_, clf.module_.representation, clf.device_, None)
+    features = torch.as_tensor(encoding.features(X[:4].astype("float32")))
     assert features.shape == (4, 36, 7)  # 6x6 positions, 6 channels and the mask channel
     assert torch.equal(features[..., -1], torch.ones(4, 36))
     assert clf.predict_proba(X[:4]).shape == (4, 10)

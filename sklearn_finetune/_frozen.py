@@ -1,6 +1,14 @@
-"""The embed-once step of a frozen backbone: X -> (n_samples, width) features, through the cache."""
+"""A frozen backbone's features: X -> (n_samples, width), encoded once, through the cache.
+
+:class:`FrozenEncoding` is what the estimators' fit and predict and
+``FoundationEmbedder`` share: one encoder, representation, device and
+cache, hashed once, whose ``features`` and ``width`` any X can ask for.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -12,9 +20,9 @@ from ._cache import FeatureCache
 from ._device import autocast
 from ._encoder import prepare_encoder, preserved_modes
 from ._fingerprint import encoder_fingerprint, row_digests
-from ._module import attention_mask, call_encoder, explained_failure
+from ._inputs import ModelInput, n_samples
+from ._module import attention_mask, call_encoder, explained_failure, representation_size
 from ._representation import Representation
-from ._validation import ModelInput, n_samples
 
 
 def encode(
@@ -114,3 +122,84 @@ def embed(
             progress=progress,
         ),
     )
+
+
+@dataclass(frozen=True)
+class FrozenEncoding:
+    """A frozen encoder's representation of any X, through a cache.
+
+    The encoder's weights are hashed once, on first use, for all the calls
+    of this object (fit encodes X and an explicit validation set with one
+    hash).
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The frozen backbone; never changed (a copy runs where it must move
+        to ``device``).
+    representation : Representation
+        Output selection and pooling.
+    device : torch.device
+        Where the encoder runs.
+    batch_size : int
+        Samples per forward pass.
+    cache : FeatureCache or None
+        Where features are kept; None encodes every call in full.
+    precision : {"32", "bf16", "16"}, default="32"
+        Autocast dtype of the forward passes.
+    progress : bool, default=False
+        A tqdm bar over the batches.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from torch import nn
+    >>> from sklearn_finetune._frozen import FrozenEncoding
+    >>> from sklearn_finetune._representation import Representation
+    >>> encoding = FrozenEncoding(nn.Linear(3, 5), Representation(), torch.device("cpu"), 32, None)
+    >>> X = np.ones((4, 3), dtype=np.float32)
+    >>> encoding.width(X), encoding.features(X).shape
+    (5, (4, 5))
+    """
+
+    encoder: nn.Module
+    representation: Representation
+    device: torch.device
+    batch_size: int
+    cache: FeatureCache | None
+    precision: str = "32"
+    progress: bool = False
+
+    @cached_property
+    def key(self) -> str | None:
+        """The encoder's fingerprint in the cache (None without a cache)."""
+        if self.cache is None:
+            return None
+        return cache_key(self.encoder, self.representation, self.device, self.precision)
+
+    def features(self, X: ModelInput) -> np.ndarray:
+        """The representation of every sample of X, ``(n_samples, width)`` float32.
+
+        Or ``(n_samples, tokens, width + 1)`` for ``pooling="attention"``.
+        """
+        return embed(
+            self.encoder,
+            self.representation,
+            X,
+            device=self.device,
+            batch_size=self.batch_size,
+            cache=self.cache,
+            key=self.key,
+            precision=self.precision,
+            progress=self.progress,
+        )
+
+    def width(self, X: ModelInput) -> int:
+        """The representation's width, from the encoder run on X's first two samples.
+
+        This is where an encoder that cannot take X, or returns no tensor,
+        is reported (a ValueError saying what it was given).
+        """
+        encoder = prepare_encoder(self.encoder, trainable=False, device=self.device)
+        return representation_size(encoder, self.representation, X, self.device)
+

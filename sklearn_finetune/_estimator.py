@@ -1,0 +1,243 @@
+"""What FoundationClassifier and FoundationRegressor share: fit, inference, the scikit-learn protocol.
+
+``fit`` reads in one direction: validate X and y -> plan the fit
+(:func:`plan_fit`) -> encode once through the cache (frozen) or not ->
+build the head -> train with skorch (:func:`build_net`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._batches import feature_batches
+from ._cache import FeatureCache, feature_cache
+from ._device import resolve_device
+from ._encoder import clone_sharing, preserved_modes
+from ._frozen import FrozenEncoding
+from ._heads import AttentionPooling, build_head
+from ._inputs import ModelInput, validate_X
+from ._module import FoundationModule, representation_size
+from ._net import FoundationNet, build_net
+from ._optimization import backbone_groups
+from ._parameters import EstimatorParameters
+from ._plan import FitPlan, check_lengths, plan_fit
+from ._representation import Representation
+
+#: Batch size for running the head on cached features at validation and
+#: prediction: large enough that per-batch overhead vanishes, small enough to
+#: bound an MLP head's activations.
+FEATURE_BATCH_SIZE = 4096
+
+
+class FoundationEstimator(EstimatorParameters, BaseEstimator):
+    """Base class of the estimators: use FoundationClassifier or FoundationRegressor."""
+
+    # Hooks for the subclasses ------------------------------------------------
+
+    def _criterion(self) -> nn.Module:
+        """The loss, one value per sample (see ``_losses``)."""
+        raise NotImplementedError
+
+    def _validate_y(self, y: Any) -> np.ndarray:
+        """Check y, learn what predict needs to undo (classes, scale), return the training target."""
+        raise NotImplementedError
+
+    def _transform_y(self, y: Any) -> np.ndarray:
+        """Turn more targets (the validation set's) into the training encoding."""
+        raise NotImplementedError
+
+    def _n_outputs(self) -> int:
+        raise NotImplementedError
+
+    def _task(self) -> str:
+        """Which validation scores apply: a key of ``SCORES``."""
+        raise NotImplementedError
+
+    def _class_weight_vector(self, y: np.ndarray) -> np.ndarray | None:
+        """The weight of each class from ``class_weight`` and fit's encoded y (None: no weights)."""
+        return None
+
+    def _stratify(self, y: np.ndarray, n_val: int) -> np.ndarray | None:
+        return None
+
+    def _predict_nonlinearity(self) -> Any:
+        """What turns the head's outputs into ``predict_proba``'s (None: nothing)."""
+        return None
+
+    def _prediction_of(self, outputs: torch.Tensor) -> np.ndarray:
+        """Outputs -> probabilities or original-scale targets, for validation scores."""
+        raise NotImplementedError
+
+    def _target_of(self, y: np.ndarray) -> np.ndarray:
+        """Encoded targets -> class indices, indicator rows or original-scale targets."""
+        return y
+
+    # Pieces of a fit ---------------------------------------------------------
+
+    def _validate_X(self, X: Any, *, reset: bool) -> ModelInput:
+        return validate_X(self, X, reset=reset, for_mlp=self.encoder is None)
+
+    def _inference_batch_size(self) -> int:
+        return self.batch_size if self.inference_batch_size is None else self.inference_batch_size
+
+    def _frozen_encoding(
+        self,
+        encoder: nn.Module,
+        representation: Representation,
+        device: torch.device,
+        cache: FeatureCache | None,
+    ) -> FrozenEncoding:
+        return FrozenEncoding(
+            encoder,
+            representation,
+            device,
+            batch_size=self._inference_batch_size(),
+            cache=cache,
+            precision=self.precision,
+            progress=self.verbose >= 2,
+        )
+
+    def _build_head(self, width: int, device: torch.device) -> nn.Module:
+        """The head for ``width`` features, after an attention pooling when ``pooling="attention"``."""
+        head = build_head(
+            self.head,
+            width,
+            self._n_outputs(),
+            hidden_dims=self.hidden_dims,
+            dropout=self.dropout,
+            batch_norm=self.batch_norm,
+        )
+        if self.pooling == "attention":
+            head = nn.Sequential(AttentionPooling(width), head)
+        return head.to(device)
+
+    def _fit_head_on_features(
+        self, plan: FitPlan, X: ModelInput
+    ) -> tuple[FoundationModule, FoundationNet]:
+        """Frozen backbone: encode X once (through the cache), then train the head on the features."""
+        encoding = self._frozen_encoding(plan.encoder, plan.representation, plan.device, plan.cache)
+        features = torch.as_tensor(encoding.features(X), device=plan.device)
+        targets = [torch.as_tensor(array, device=plan.device) for array in plan.targets]
+        features, targets, train_split = plan.validation.split_features(
+            features, targets, encoding.features
+        )
+        head = self._build_head(plan.representation.width(features), plan.device)
+        net = build_net(
+            self,
+            plan,
+            head,
+            train_split=train_split,
+            iterator_train=feature_batches,
+            iterator_valid=feature_batches,
+            iterator_valid__batch_size=FEATURE_BATCH_SIZE,
+        )
+        net.fit(features, targets)
+        return FoundationModule(plan.encoder, plan.representation, head, frozen=True), net
+
+    def _fit_module(self, plan: FitPlan, X: ModelInput) -> tuple[FoundationModule, FoundationNet]:
+        """Trained backbone (from the start or after ``unfreeze_at``): every batch runs through it."""
+        width = representation_size(plan.encoder, plan.representation, X, plan.device)
+        head = self._build_head(width, plan.device)
+        module = FoundationModule(plan.encoder, plan.representation, head, frozen=False)
+        groups = backbone_groups(self.lr * self.backbone_lr_mult, self.layer_decay, plan.blocks)
+        net = build_net(
+            self,
+            plan,
+            module,
+            train_split=plan.validation.split_inputs(),
+            optimizer__param_groups=groups,
+        )
+        net.fit(X, list(plan.targets))
+        return module, net
+
+    # scikit-learn API --------------------------------------------------------
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> FoundationEstimator:
+        """Train the head (and the backbone unless frozen) on X, y.
+
+        With a frozen backbone X is encoded once, through the feature cache,
+        and the head trains on the features; otherwise every batch runs
+        through the encoder.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor or dict
+            Training input; a dict maps the encoder's keyword arguments to
+            arrays of n_samples rows.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Class labels or a multilabel indicator matrix (classifier), or
+            targets (regressor).
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Non-negative weight of each sample in the loss (training and
+            validation loss), multiplied by ``class_weight``'s. Validation
+            scores other than the loss are unweighted.
+
+        Returns
+        -------
+        self
+            The fitted estimator.
+        """
+        X = self._validate_X(X, reset=True)
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        y = self._validate_y(y)
+        check_lengths(X, y, "X", "y")
+        device = resolve_device(self.device)
+        user_encoder = (
+            contextlib.nullcontext() if self.encoder is None else preserved_modes(self.encoder)
+        )
+        rng_devices = [device.index] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices), user_encoder:
+            plan = plan_fit(self, X, y, sample_weight, device)
+            if plan.regime == "frozen":
+                module, net = self._fit_head_on_features(plan, X)
+            else:
+                module, net = self._fit_module(plan, X)
+            module.eval()
+        self.module_ = module
+        self.net_ = net
+        self.encoder_ = module.encoder
+        self.history_ = net.history
+        self.device_ = device
+        best = dict(net.callbacks_).get("best_epoch")
+        self.best_epoch_ = None if best is None or not best.best_epoch_ else best.best_epoch_
+        return self
+
+    def _net_predict(self, method: str, X: Any) -> np.ndarray:
+        """Validate X and run one of the skorch net's inference methods on it.
+
+        Torch's CPU random state is restored afterwards: each DataLoader
+        draws a seed from it, and predicting should not change what a
+        training loop around it draws next.
+        """
+        check_is_fitted(self, "net_")
+        X = self._validate_X(X, reset=False)
+        with torch.random.fork_rng(devices=[]):
+            if self.module_.frozen:
+                encoding = self._frozen_encoding(
+                    self.encoder_, self.module_.representation, self.device_, feature_cache(self.cache)
+                )
+                features = torch.as_tensor(encoding.features(X), device=self.device_)
+                return getattr(self.net_, method)(features)
+            with preserved_modes(self.encoder_):
+                return getattr(self.net_, method)(X)
+
+    def __sklearn_clone__(self) -> FoundationEstimator:
+        """An unfitted copy that shares the encoder and cache objects (see :func:`clone_sharing`)."""
+        return clone_sharing(self)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.dict = True
+        return tags

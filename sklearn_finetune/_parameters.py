@@ -1,0 +1,525 @@
+"""Every estimator parameter, declared once: its name, default, constraint and documentation.
+
+A parameter is a field of a dataclass (:func:`parameter`); the
+:func:`declared` decorator turns the class into one whose ``__init__`` stores
+each parameter verbatim (what scikit-learn's ``clone`` and ``set_params``
+need), and derives ``_parameter_constraints`` and the ``Parameters`` section
+of the docstring from the same fields. The classifier and the regressor add
+their own fields to :class:`EstimatorParameters`; :class:`FoundationEmbedder`
+reuses some of its declarations through :func:`shared`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+from numbers import Integral, Real
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
+
+from ._cache import FeatureCache
+from ._callbacks import UNFREEZE_MODES
+from ._device import PRECISIONS
+from ._heads import HEADS, HeadSpec
+from ._metrics import SCORES
+from ._optimization import LR_SCHEDULES, SOLVERS, Solver
+from ._representation import POOLINGS, Pooling
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # pragma: no cover
+    from typing_extensions import dataclass_transform
+
+CacheSetting = bool | str | os.PathLike | FeatureCache
+T = TypeVar("T", bound=type)
+
+
+SHARED_ATTRIBUTES = """\
+    module_ : FoundationModule
+        The whole model as one ``nn.Module``: ``encoder``, ``representation``
+        (output selection and pooling) and ``head``. When the backbone is
+        frozen, its encoder stays where it was given (features were computed
+        on ``device_``).
+    encoder_ : torch.nn.Module
+        The backbone used: the ``encoder`` object itself when frozen on its
+        own device, otherwise the trained copy.
+    device_ : torch.device
+        The device training ran on.
+    best_epoch_ : int or None
+        The epoch (as numbered in ``history_``) with the best validation
+        ``scoring``; its weights are the fitted ones when
+        ``restore_best_weights``. None without validation data, or when the
+        score never improved (e.g. NaN throughout).
+    input_shape_ : tuple or dict
+        The shape of one training sample (a dict of shapes for dict input).
+    n_features_in_ : int
+        Number of features, for 2-D X only.
+    feature_names_in_ : ndarray of str
+        Column names, when X was a DataFrame with string column names."""
+
+
+def parameter(
+    *,
+    default: Any = dataclasses.MISSING,
+    constraints: list,
+    types: str,
+    doc: str,
+    kw_only: bool = True,
+) -> Any:
+    """Declare one estimator parameter, as a dataclass field.
+
+    Parameters
+    ----------
+    default : object, optional
+        The default value; none makes the parameter required.
+    constraints : list
+        scikit-learn's parameter constraints (``_parameter_constraints``).
+    types : str
+        The type line of the docstring entry, without the default (which is
+        added from ``default``).
+    doc : str
+        The description of the docstring entry.
+    kw_only : bool, default=True
+        False for the one positional parameter, ``encoder``.
+
+    Returns
+    -------
+    dataclasses.Field
+    """
+    metadata = {"constraints": constraints, "types": types, "doc": textwrap.dedent(doc).strip()}
+    return dataclasses.field(default=default, kw_only=kw_only, metadata=metadata)
+
+
+def shared(name: str, **changes: Any) -> Any:
+    """A field declared as :class:`EstimatorParameters`' ``name``, with ``changes``.
+
+    ``changes`` may replace ``default``, ``constraints``, ``types``, ``doc``
+    or ``kw_only``.
+    """
+    field = EstimatorParameters.__dataclass_fields__[name]
+    settings = {"default": field.default, "kw_only": field.kw_only, **field.metadata}
+    return parameter(**{**settings, **changes})
+
+
+def _shown(default: Any) -> str:
+    return f'"{default}"' if isinstance(default, str) else repr(default)
+
+
+def _entry(field: dataclasses.Field) -> str:
+    header = f"{field.name} : {field.metadata['types']}"
+    if field.default is not dataclasses.MISSING:
+        header += f", default={_shown(field.default)}"
+    return header + "\n" + textwrap.indent(field.metadata["doc"], "    ")
+
+
+@dataclass_transform(kw_only_default=True, eq_default=False, field_specifiers=(parameter,))
+def declared(cls: T) -> T:
+    """Make ``cls`` a scikit-learn estimator class from its declared fields.
+
+    ``__init__`` stores every field under its own name and does nothing else
+    (a dataclass ``__init__``: no equality, hashing or repr of its own, so
+    ``BaseEstimator``'s apply); ``_parameter_constraints`` maps each field to
+    its constraints; ``{parameters}`` in the docstring becomes the
+    ``Parameters`` entries in the order of the signature, and
+    ``{shared_attributes}`` the attributes every estimator has.
+    """
+    cls = dataclasses.dataclass(eq=False, repr=False, kw_only=True)(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    order = inspect.signature(cls).parameters
+    constraints = {name: fields[name].metadata["constraints"] for name in order}
+    setattr(cls, "_parameter_constraints", constraints)  # noqa: B010 (T is any class)
+    if cls.__doc__:  # None under python -OO
+        entries = "\n\n".join(_entry(fields[name]) for name in order)
+        cls.__doc__ = cls.__doc__.replace(
+            "    {parameters}", textwrap.indent(entries, "    ")
+        ).replace("    {shared_attributes}", SHARED_ATTRIBUTES)
+    return cls
+
+
+@declared
+class EstimatorParameters:
+    """The parameters FoundationClassifier and FoundationRegressor share."""
+
+    encoder: nn.Module | None = parameter(
+        default=None,
+        kw_only=False,
+        constraints=[nn.Module, None],
+        types="torch.nn.Module or None",
+        doc="""
+        The backbone. Its ``forward`` receives a batch of X (a dict X is passed
+        as keyword arguments) and may return a tensor ``(batch, ...)``, a tuple
+        or list (the first element is used) or a mapping such as a Hugging
+        Face output (see ``output_key``). The representation size is found by
+        running it once on two samples. ``fit`` never changes this object: a
+        frozen encoder is shared by reference, a trained one is copied (see
+        ``encoder_``). ``None`` builds a small MLP sized from the data
+        (flatten, then two ReLU layers of width ``clip(2 * n_features, 32,
+        256)``), for training from scratch.
+        """,
+    )
+    freeze_backbone: bool | str = parameter(
+        default="auto",
+        constraints=["boolean", StrOptions({"auto"})],
+        types='bool or "auto"',
+        doc="""
+        ``True``: a linear probe (or MLP probe): the backbone gets no gradient,
+        is not in the optimizer and runs in eval mode, so neither its weights
+        nor its batch-norm statistics change and its dropout is off. X is
+        encoded once (in inference mode, through ``cache``) and the head
+        trains on the features, which gives the same result as running the
+        encoder in every batch at a fraction of the cost. ``False``: full
+        fine-tuning of a copy of the backbone at ``lr * backbone_lr_mult``.
+        ``"auto"``: frozen when an encoder is given, trained when
+        ``encoder=None`` (a frozen random MLP is a random-features baseline:
+        ask for it with ``True``).
+        """,
+    )
+    unfreeze_at: int | None = parameter(
+        default=None,
+        constraints=[Interval(Integral, 0, None, closed="left"), None],
+        types="int or None",
+        doc="""
+        Gradual unfreezing of a frozen backbone: the head trains alone for
+        this many epochs, then the backbone trains too, at ``lr *
+        backbone_lr_mult`` (Lightning's ``BackboneFinetuning``, ULMFiT).
+        While frozen the encoder runs in eval mode without gradients, in
+        every batch (features are not cached for these epochs). ``0`` is
+        full fine-tuning from the start. Ignored when
+        ``freeze_backbone=False`` (the backbone trains from the start).
+        Must be below ``max_epochs``.
+        """,
+    )
+    unfreeze_mode: str = parameter(
+        default="all",
+        constraints=[StrOptions(set(UNFREEZE_MODES))],
+        types='{"all", "top_down"}',
+        doc="""
+        With ``unfreeze_at``: ``"all"`` unfreezes the whole backbone at once;
+        ``"top_down"`` unfreezes one block per epoch, the top block first
+        (blocks as for ``layer_decay``). Once any block trains, the encoder
+        is in train mode.
+        """,
+    )
+    head: HeadSpec = parameter(
+        default="linear",
+        constraints=[StrOptions(set(HEADS)), nn.Module, callable],
+        types='{"linear", "mlp"}, torch.nn.Module or callable',
+        doc="""
+        ``"linear"``: one linear layer on the representation. ``"mlp"``:
+        hidden layers of ``hidden_dims`` with ReLU, ``dropout`` and
+        ``batch_norm``, then a linear output layer. Both are initialised
+        afresh at every fit with PyTorch's defaults (weights and biases
+        uniform in ``±1/sqrt(fan_in)``). A module: a deep copy of it trains
+        at each fit, initialised as given; a callable: ``head(width,
+        n_outputs)`` builds the module. Either must map ``(batch, width)``
+        to ``(batch, n_outputs)``.
+        """,
+    )
+    hidden_dims: Sequence[int] = parameter(
+        default=(64, 32),
+        constraints=["array-like"],
+        types="sequence of int",
+        doc="Hidden layer widths of the MLP head.",
+    )
+    dropout: float = parameter(
+        default=0.0,
+        constraints=[Interval(Real, 0, 1, closed="left")],
+        types="float",
+        doc="Dropout after each hidden layer of the MLP head, in [0, 1).",
+    )
+    batch_norm: bool = parameter(
+        default=False,
+        constraints=["boolean"],
+        types="bool",
+        doc="""
+        ``"mlp"``: batch norm after each hidden linear layer. ``"linear"``: a
+        batch norm without learned scale and shift that standardises the
+        representation before the linear layer (MAE's linear-probe recipe).
+        """,
+    )
+    solver: Solver = parameter(
+        default="adamw",
+        constraints=[StrOptions(set(SOLVERS)), callable],
+        types='{"adamw", "adam", "sgd", "lbfgs"} or callable',
+        doc="""
+        The optimizer. ``"adamw"``, ``"adam"`` and ``"sgd"`` (with
+        ``momentum``) take mini-batches of ``batch_size`` at ``lr`` for the
+        head and ``lr * backbone_lr_mult`` for a trained backbone. A torch
+        optimizer class, or a ``functools.partial`` of one for more
+        arguments, is called with the parameter groups, ``lr`` and, when not
+        0, ``weight_decay``. ``"lbfgs"``, for a frozen backbone only:
+        full-batch L-BFGS with a strong-Wolfe line search on all the cached
+        features at once, the exact solver ``LogisticRegression`` uses; each
+        epoch is one L-BFGS step of up to 20 iterations, ``weight_decay`` is
+        an L2 penalty ``weight_decay / 2 * ||W||^2`` on the head's weight
+        matrices added to the mean loss (``LogisticRegression``'s ``C`` is
+        ``1 / (weight_decay * n_train)``, and ``2 / (weight_decay *
+        n_train)`` for two classes, whose softmax splits the weights into
+        halves), and ``lr``, ``batch_size``, ``lr_schedule`` and
+        ``precision="16"`` do not apply.
+        """,
+    )
+    lr: float = parameter(
+        default=1e-3,
+        constraints=[Interval(Real, 0, None, closed="neither")],
+        types="float",
+        doc="Learning rate of the head.",
+    )
+    backbone_lr_mult: float = parameter(
+        default=0.1,
+        constraints=[Interval(Real, 0, None, closed="left")],
+        types="float",
+        doc="""
+        The backbone's learning rate as a fraction of ``lr``: the optimizer
+        has two parameter groups, backbone at ``lr * backbone_lr_mult`` and
+        head at ``lr``. Unused when the backbone is frozen. Backbone
+        parameters whose ``requires_grad`` is False stay fixed.
+        """,
+    )
+    layer_decay: float | None = parameter(
+        default=None,
+        constraints=[Interval(Real, 0, 1, closed="right"), None],
+        types="float or None",
+        doc="""
+        Layer-wise learning-rate decay for a trained backbone (BEiT and MAE
+        fine-tuning): the backbone's blocks get one parameter group each,
+        the top block at ``lr * backbone_lr_mult`` and each block below at
+        the rate of the block above times ``layer_decay``, in (0, 1]. The
+        blocks are the children of the encoder's largest ``nn.ModuleList``
+        or ``nn.Sequential`` (a transformer's layers), with what comes
+        before it (embeddings) as the bottom block and what comes after (a
+        final norm, a pooler) as the top block; an encoder without one is
+        an error. Unused when the backbone is frozen.
+        """,
+    )
+    weight_decay: float = parameter(
+        default=0.0,
+        constraints=[Interval(Real, 0, None, closed="left")],
+        types="float",
+        doc="""
+        The optimizer's weight decay, for all groups (decoupled for AdamW);
+        with ``solver="lbfgs"``, the strength of an L2 penalty (see
+        ``solver``).
+        """,
+    )
+    momentum: float = parameter(
+        default=0.9,
+        constraints=[Interval(Real, 0, 1, closed="both")],
+        types="float",
+        doc='Momentum of ``solver="sgd"``, in [0, 1].',
+    )
+    lr_schedule: str | None = parameter(
+        default=None,
+        constraints=[StrOptions(set(LR_SCHEDULES)), None],
+        types='{"cosine", "warmup_cosine", "step", "plateau"} or None',
+        doc="""
+        How the learning rates change during training; every group follows
+        the same factor, and ``history_`` records the rate of the first
+        group as ``"event_lr"`` (the head's when the backbone is frozen, the
+        lowest backbone group's otherwise). ``"cosine"``: cosine decay to 0 over
+        ``max_epochs``, updated after every batch. ``"warmup_cosine"``: a
+        linear warmup over ``warmup_epochs``, then cosine decay.
+        ``"step"``: divided by 10 every ``max_epochs // 3`` epochs.
+        ``"plateau"``: divided by 10 when the validation loss (the training
+        loss without validation data) has not improved for 2 epochs. For
+        other settings pass skorch's ``LRScheduler`` in ``callbacks``.
+        """,
+    )
+    warmup_epochs: float = parameter(
+        default=1,
+        constraints=[Interval(Real, 0, None, closed="left")],
+        types="float",
+        doc="""
+        Length of the warmup of ``lr_schedule="warmup_cosine"``, in epochs
+        (fractions allowed).
+        """,
+    )
+    max_grad_norm: float | None = parameter(
+        default=None,
+        constraints=[Interval(Real, 0, None, closed="neither"), None],
+        types="float or None",
+        doc="Clip the gradients' global norm to this value before each step.",
+    )
+    precision: str = parameter(
+        default="32",
+        constraints=[StrOptions(set(PRECISIONS))],
+        types='{"32", "bf16", "16"}',
+        doc="""
+        ``"bf16"`` and ``"16"`` run forward passes (frozen encoding,
+        training and prediction) under autocast in bfloat16 or float16,
+        where the device supports it; ``"16"`` also scales the loss
+        (``GradScaler``) when training. Losses, metrics and predictions are
+        float32.
+        """,
+    )
+    max_epochs: int = parameter(
+        default=30,
+        constraints=[Interval(Integral, 1, None, closed="left")],
+        types="int",
+        doc="Maximum number of passes over the training data (see ``patience``).",
+    )
+    batch_size: int = parameter(
+        default=32,
+        constraints=[Interval(Integral, 1, None, closed="left")],
+        types="int",
+        doc="""
+        Training batch size. When the last training batch would hold a
+        single sample it is dropped (shuffling changes which sample each
+        epoch), so batch norm in train mode never sees a batch of one.
+        """,
+    )
+    inference_batch_size: int | None = parameter(
+        default=None,
+        constraints=[Interval(Integral, 1, None, closed="left"), None],
+        types="int or None",
+        doc="""
+        Batch size of every pass without gradients: encoding X with a frozen
+        backbone, validation and prediction. ``None`` uses ``batch_size``.
+        Raise it on a GPU; on a CPU larger batches are not always faster
+        (all-MiniLM-L6-v2 encodes faster in batches of 32 than of 256 on two
+        cores).
+        """,
+    )
+    val_split: float | tuple | None = parameter(
+        default=0.2,
+        constraints=[Interval(Real, 0, 1, closed="left"), tuple, None],
+        types="float, (X_val, y_val) or None",
+        doc="""
+        Held-out data scored after every epoch (the loss and every
+        validation score in ``history_``). A float in (0, 1) holds out that
+        fraction of X, stratified by class for classifiers when every class
+        has at least two samples; ``0`` or ``None`` trains on all of X; a
+        tuple gives the validation data explicitly. The held-out fraction
+        is not trained on.
+        """,
+    )
+    scoring: str = parameter(
+        default="loss",
+        constraints=[StrOptions({"loss"} | {name for task in SCORES.values() for name in task})],
+        types="str",
+        doc="""
+        The validation score that picks the best epoch (``restore_best_weights``)
+        and drives ``patience``: ``"loss"`` (the weighted validation loss,
+        lower is better) or a score recorded in ``history_`` as
+        ``valid_<scoring>`` (see the ``history_`` attribute).
+        """,
+    )
+    patience: int | None = parameter(
+        default=None,
+        constraints=[Interval(Integral, 1, None, closed="left"), None],
+        types="int or None",
+        doc="""
+        Early stopping: stop when ``scoring`` has not improved (by a relative
+        1e-4) for this many epochs. Needs validation data. ``None`` trains
+        for ``max_epochs``.
+        """,
+    )
+    restore_best_weights: bool = parameter(
+        default=True,
+        constraints=["boolean"],
+        types="bool",
+        doc="""
+        With validation data, end training with the weights of the epoch
+        whose ``scoring`` was best (``best_epoch_``) instead of the last
+        epoch's. They are kept in memory as a copy of the trained weights.
+        Without validation data the last epoch's weights are kept.
+        """,
+    )
+    output_key: str | None = parameter(
+        default=None,
+        constraints=[str, None],
+        types="str or None",
+        doc="""
+        Which entry of a mapping output holds the representation. ``None``
+        takes the first of ``"feature"``, ``"features"``,
+        ``"last_hidden_state"`` and ``"pooler_output"`` that is present and
+        not None: for a Hugging Face model, the last hidden state, pooled
+        as ``pooling`` says (BERT's ``pooler_output`` was trained for
+        next-sentence prediction; sentence-transformers mean-pool instead).
+        """,
+    )
+    pooling: Pooling = parameter(
+        default="mean",
+        constraints=[StrOptions(set(POOLINGS)), callable],
+        types='{"mean", "max", "cls", "flatten", "attention"} or callable',
+        doc="""
+        How an output with more than two axes becomes ``(batch, features)``.
+        3-D outputs are read as ``(batch, tokens, features)`` and 4-D+ as
+        channels-first ``(batch, channels, *spatial)``: ``"mean"`` and
+        ``"max"`` reduce over the tokens or the spatial axes, over the real
+        tokens only when X is a dict with an ``attention_mask`` (a
+        tokenizer's output, see :class:`Tokenizer`); ``"cls"`` takes the
+        first token, ``"flatten"`` keeps everything. ``"attention"`` is
+        learned: the head starts with an attention pooling over the real
+        tokens (or spatial positions), trained with it; a frozen backbone
+        then caches every token's features, ``tokens`` times the memory of
+        a pooled representation. A callable (defined at module level, so
+        the estimator pickles) gets the tensor and returns ``(batch,
+        features)``. 2-D outputs pass through.
+        """,
+    )
+    cache: CacheSetting = parameter(
+        default=True,
+        constraints=["boolean", str, os.PathLike, FeatureCache],
+        types="bool, str, path-like or FeatureCache",
+        doc="""
+        Where a frozen backbone's features are kept between fits, predictions
+        and transforms, keyed by the encoder's content and each sample's
+        content, so that in a whole GridSearchCV or cross_val_score each
+        unique sample is encoded once. ``True``: the process-wide in-memory
+        :meth:`FeatureCache.default` (1 GiB bound, least recently used
+        dropped first). A directory path: also on disk, shared by joblib
+        workers and later processes (see :class:`FeatureCache`). A
+        ``FeatureCache``: that one. ``False``: nothing is kept, but a
+        frozen backbone still encodes X once per call. The choice changes
+        speed, never results.
+        """,
+    )
+    callbacks: list | None = parameter(
+        default=None,
+        constraints=[list, None],
+        types="list of skorch callbacks or None",
+        doc="""
+        More skorch callbacks (or ``(name, callback)`` pairs), run after the
+        estimator's own (validation scores, best-epoch tracking, schedule,
+        unfreezing). They are copied at each fit, so the objects given are
+        not changed; the fitted ones are in ``net_.callbacks_``.
+        """,
+    )
+    device: str | torch.device = parameter(
+        default="auto",
+        constraints=[str, torch.device],
+        types="str or torch.device",
+        doc="""
+        ``"auto"`` picks CUDA, then MPS, then the CPU. A device that is not
+        available falls back to the CPU with a warning.
+        """,
+    )
+    random_state: int | np.random.RandomState | None = parameter(
+        default=None,
+        constraints=["random_state"],
+        types="int, RandomState instance or None",
+        doc="""
+        Seeds the validation split, the head's initialisation, shuffling and
+        dropout. Torch's global random state is left as it was. With an int,
+        two fits on the CPU give identical predictions.
+        """,
+    )
+    verbose: int = parameter(
+        default=0,
+        constraints=["verbose"],
+        types="int",
+        doc="""
+        ``1`` prints skorch's per-epoch table while training; ``2`` also
+        shows progress bars (tqdm) over encoding and over the batches of each
+        epoch.
+        """,
+    )

@@ -1,0 +1,335 @@
+"""What one fit does, decided once: the regime, the data that trains and validates, the encoder.
+
+``fit`` calls :func:`plan_fit` once; every later step reads the
+:class:`FitPlan` instead of asking the parameters again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from math import ceil
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import _check_sample_weight
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
+from torch import nn
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Subset
+
+from ._blocks import backbone_blocks
+from ._cache import FeatureCache, feature_cache
+from ._device import check_precision
+from ._encoder import mlp_backbone, prepare_encoder
+from ._inputs import ModelInput, n_samples
+from ._metrics import SCORES
+from ._optimization import Solver
+from ._representation import Representation
+
+if TYPE_CHECKING:
+    from ._estimator import FoundationEstimator
+
+#: ``"frozen"``: the head trains on cached features; ``"fine_tune"``: the
+#: backbone trains from the first epoch; ``"gradual_unfreezing"``: it starts
+#: frozen and trains from epoch ``unfreeze_at``.
+Regime = Literal["frozen", "fine_tune", "gradual_unfreezing"]
+
+#: Training targets and per-sample loss weights.
+Targets = tuple[np.ndarray, np.ndarray]
+
+
+def regime_of(encoder: nn.Module | None, freeze_backbone: bool | str, unfreeze_at: Any) -> Regime:
+    """The regime that ``encoder``, ``freeze_backbone`` and ``unfreeze_at`` ask for."""
+    frozen = encoder is not None if freeze_backbone == "auto" else bool(freeze_backbone)
+    if not frozen:
+        return "fine_tune"
+    return "frozen" if unfreeze_at is None else "gradual_unfreezing"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The data scored after every epoch, and the rows that train.
+
+    Exactly one of ``rows`` (rows of X held out, kept as indices as skorch's
+    ``ValidSplit`` does, so X is never copied for it) and ``data`` (a
+    separate, validated ``(X_val, y_val, weights)``) is set, or neither.
+
+    Parameters
+    ----------
+    train : ndarray of int or None
+        The rows of X that train; None: all of them.
+    rows : ndarray of int or None
+        The rows of X held out.
+    data : tuple or None
+        ``(X_val, y_val, weights)`` given as ``val_split``.
+    """
+
+    train: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    data: tuple[ModelInput, np.ndarray, np.ndarray] | None = None
+
+    def __bool__(self) -> bool:
+        return self.rows is not None or self.data is not None
+
+    def split_features(
+        self, features: torch.Tensor, targets: list[torch.Tensor], encode: Any
+    ) -> tuple[torch.Tensor, list[torch.Tensor], Any]:
+        """Training features and targets, and skorch's ``train_split``, for cached features.
+
+        ``encode`` turns the explicit validation X into features on the
+        same device.
+        """
+        if self.data is not None:
+            X_val, *y_val = self.data
+            device = features.device
+            valid = Dataset(encode(X_val), [torch.as_tensor(a, device=device) for a in y_val])
+            return features, targets, predefined_split(valid)
+        if self.rows is None:
+            return features, targets, None
+        rows, train = self.rows, self.train
+        valid = Dataset(features[rows], [target[rows] for target in targets])
+        return features[train], [target[train] for target in targets], predefined_split(valid)
+
+    def split_inputs(self) -> Any:
+        """skorch's ``train_split`` for ``net.fit(X, y)`` on all of X."""
+        if self.data is not None:
+            X_val, *y_val = self.data
+            return predefined_split(Dataset(X_val, y_val))
+        if self.rows is None:
+            return None
+        return partial(_index_split, train=self.train, valid=self.rows)
+
+
+def _index_split(
+    dataset: TorchDataset,
+    y: Any = None,
+    groups: Any = None,
+    *,
+    train: np.ndarray,
+    valid: np.ndarray,
+) -> tuple[Subset, Subset]:
+    """A skorch ``train_split``: fixed training and validation rows of the dataset."""
+    return Subset(dataset, train), Subset(dataset, valid)
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What one fit does.
+
+    Parameters
+    ----------
+    regime : {"frozen", "fine_tune", "gradual_unfreezing"}
+        See :data:`Regime`.
+    encoder : torch.nn.Module
+        The backbone this fit runs: the user's own object when frozen on
+        its device, a copy when it trains or moves, or the MLP built for
+        ``encoder=None``.
+    representation : Representation
+        Output selection and pooling.
+    device : torch.device
+        Where the fit runs.
+    cache : FeatureCache or None
+        Where a frozen backbone's features are kept.
+    targets : (ndarray, ndarray)
+        The encoded y of every row of X and its loss weights.
+    validation : Validation
+        The rows that train, and the validation data.
+    blocks : list of list of str or None
+        The backbone's blocks, where ``layer_decay`` or top-down unfreezing
+        needs them.
+    """
+
+    regime: Regime
+    encoder: nn.Module
+    representation: Representation
+    device: torch.device
+    cache: FeatureCache | None
+    targets: Targets
+    validation: Validation
+    blocks: list[list[str]] | None
+
+    @property
+    def n_train(self) -> int:
+        """The number of training rows."""
+        train = self.validation.train
+        return len(self.targets[0]) if train is None else len(train)
+
+
+def plan_fit(
+    estimator: FoundationEstimator,
+    X: ModelInput,
+    y: np.ndarray,
+    sample_weight: Any,
+    device: torch.device,
+) -> FitPlan:
+    """Decide what this fit does, and refuse what cannot work, before any training.
+
+    Random numbers are drawn in a fixed order from ``random_state``: first
+    the validation split, then the seed of torch's generator (which the
+    caller has forked), which then initialises the MLP backbone and the head.
+
+    Parameters
+    ----------
+    estimator : FoundationClassifier or FoundationRegressor
+        Its parameters, and its hooks for targets, stratification and class
+        weights.
+    X : ndarray or dict of ndarray
+        The validated training input.
+    y : ndarray
+        The encoded targets.
+    sample_weight : array-like or None
+        As passed to ``fit``.
+    device : torch.device
+        The resolved device.
+
+    Returns
+    -------
+    FitPlan
+    """
+    rng = check_random_state(estimator.random_state)
+    cache = feature_cache(estimator.cache)  # a bad cache path fails here, before any encoding
+    regime = regime_of(estimator.encoder, estimator.freeze_backbone, estimator.unfreeze_at)
+    train, rows, data = _split(estimator, X, y, rng)
+    _check_settings(estimator, regime, has_validation=rows is not None or data is not None)
+    targets, validation = _weighted(estimator, y, sample_weight, train, rows, data)
+    check_precision(estimator.precision, device)
+    torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+    if estimator.encoder is None:
+        encoder = mlp_backbone(estimator.input_shape_).to(device)
+    elif regime == "frozen":
+        encoder = estimator.encoder
+    else:
+        encoder = prepare_encoder(estimator.encoder, trainable=True, device=device)
+    needs_blocks = estimator.layer_decay is not None or (
+        regime == "gradual_unfreezing" and estimator.unfreeze_mode == "top_down"
+    )
+    return FitPlan(
+        regime=regime,
+        encoder=encoder,
+        representation=Representation(estimator.output_key, estimator.pooling),
+        device=device,
+        cache=cache,
+        targets=targets,
+        validation=validation,
+        blocks=backbone_blocks(encoder) if needs_blocks else None,
+    )
+
+
+def _check_settings(estimator: FoundationEstimator, regime: Regime, has_validation: bool) -> None:
+    """Refuse combinations of parameters that cannot work, before any encoding."""
+    solver: Solver = estimator.solver
+    if solver == "lbfgs":
+        if regime != "frozen":
+            raise ValueError(
+                "solver='lbfgs' trains the head on a frozen backbone's cached features "
+                "in one batch; it cannot train the backbone. Use freeze_backbone=True "
+                "(with an encoder, the default) without unfreeze_at, or another solver "
+                "to fine-tune."
+            )
+        if estimator.lr_schedule is not None:
+            raise ValueError(
+                f"solver='lbfgs' does not take lr_schedule={estimator.lr_schedule!r}: L-BFGS "
+                "chooses its own steps by line search. Use solver='adamw' with a schedule."
+            )
+        if estimator.precision == "16":
+            raise ValueError(
+                "solver='lbfgs' does not take precision='16': its line search cannot "
+                "work on a scaled float16 loss. Use precision='bf16' or '32'."
+            )
+    if regime == "gradual_unfreezing" and estimator.unfreeze_at >= estimator.max_epochs:
+        raise ValueError(
+            f"unfreeze_at={estimator.unfreeze_at} is not below max_epochs="
+            f"{estimator.max_epochs}: the backbone would never train. Use unfreeze_at=None "
+            "for a frozen backbone."
+        )
+    task = estimator._task()
+    if estimator.scoring != "loss" and estimator.scoring not in SCORES[task]:
+        raise ValueError(
+            f"scoring={estimator.scoring!r} is not a validation score of "
+            f"{type(estimator).__name__} for this y; choose 'loss' or one of "
+            f"{sorted(SCORES[task])}."
+        )
+    if estimator.patience is not None and not has_validation:
+        raise ValueError(
+            f"patience={estimator.patience} stops on a validation score, but there is no "
+            "validation data: set val_split, or patience=None."
+        )
+
+
+def check_lengths(X: ModelInput, y: np.ndarray, x_name: str, y_name: str) -> None:
+    """Refuse X and y of different numbers of samples."""
+    if n_samples(X) != len(y):
+        raise ValueError(
+            f"{x_name} and {y_name} must have the same number of samples; got "
+            f"{n_samples(X)} and {len(y)}."
+        )
+
+
+def _split(
+    estimator: FoundationEstimator, X: ModelInput, y: np.ndarray, rng: np.random.RandomState
+) -> tuple[np.ndarray | None, np.ndarray | None, tuple[ModelInput, np.ndarray] | None]:
+    """The training rows, the held-out rows and the explicit ``(X_val, y_val)`` of ``val_split``."""
+    val_split = estimator.val_split
+    if isinstance(val_split, tuple):
+        if len(val_split) != 2:
+            raise ValueError(
+                f"val_split as a tuple must be (X_val, y_val); got a tuple of "
+                f"{len(val_split)} items."
+            )
+        X_val = estimator._validate_X(val_split[0], reset=False)
+        y_val = estimator._transform_y(val_split[1])
+        check_lengths(X_val, y_val, "X_val", "y_val")
+        return None, None, (X_val, y_val)
+    if not val_split:
+        return None, None, None
+    n = n_samples(X)
+    n_val = ceil(val_split * n)
+    if n - n_val < 1:
+        raise ValueError(
+            f"val_split={val_split} leaves no sample to train on: X has {n} "
+            f"sample(s). Pass more data or val_split=0."
+        )
+    train, rows = train_test_split(
+        np.arange(n), test_size=n_val, stratify=estimator._stratify(y, n_val), random_state=rng
+    )
+    return train, rows, None
+
+
+def _weighted(
+    estimator: FoundationEstimator,
+    y: np.ndarray,
+    sample_weight: Any,
+    train: np.ndarray | None,
+    rows: np.ndarray | None,
+    data: tuple[ModelInput, np.ndarray] | None,
+) -> tuple[Targets, Validation]:
+    """The loss weight of every row of X, and of an explicit validation set.
+
+    ``sample_weight`` times ``class_weight``'s, scaled to mean 1 over the
+    training rows, so that the learning rate means the same with or
+    without weights.
+    """
+    per_class = estimator._class_weight_vector(y)
+    weights = np.ones(len(y)) if per_class is None else per_class[y]
+    if sample_weight is not None:
+        weights = weights * _check_sample_weight(
+            sample_weight, np.empty(len(y)), dtype=np.float64, ensure_non_negative=True
+        )
+    scale = weights.mean() if train is None else weights[train].mean()
+    if not scale > 0:
+        raise ValueError(
+            "The sample weights of the training rows are all zero; nothing would be "
+            "learned. Give some training samples a positive weight."
+        )
+    targets = (y, (weights / scale).astype(np.float32))
+    if data is None:
+        return targets, Validation(train=train, rows=rows)
+    X_val, y_val = data
+    val_weights = np.ones(len(y_val)) if per_class is None else per_class[y_val]
+    return targets, Validation(data=(X_val, y_val, (val_weights / scale).astype(np.float32)))
+
