@@ -348,9 +348,8 @@ def print_probe_table(title: str, rows: list[dict], n: int, args: argparse.Names
     print("|---|---:|---:|---:|---:|")
     for row in rows:
         score = "" if row["score"] is None else f"{row['score']:.4f}"
-        print(
-            f"| {row['method']} | {row['seconds']:.1f} | {row['seen']:,} | {row['seen'] / n:.2f} | {score} |"
-        )
+        cells = [row["method"], f"{row['seconds']:.1f}", f"{row['seen']:,}"]
+        print("| " + " | ".join([*cells, f"{row['seen'] / n:.2f}", score]) + " |")
     by = {row["key"]: row for row in rows}
     c = by["c"]
     for key in ("b", "b lbfgs"):
@@ -409,7 +408,8 @@ def main() -> None:
     print(f"Encoder: {description}")
     print(
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), skorch {skorch.__version__}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"skorch {skorch.__version__}, "
         f"scikit-learn {sklearn.__version__}, Python {platform.python_version()}"
     )
     counting = Counting(encoder)
@@ -432,9 +432,8 @@ def main() -> None:
         print("|---|---:|---:|")
         for row in rows:
             print(f"| {row['method']} | {row['seconds']:.1f} | {row['throughput']:.1f} |")
-        print(
-            f"\nthroughput ratio, ours / hand-written: {rows[1]['throughput'] / rows[0]['throughput']:.2f}"
-        )
+        ratio = rows[1]["throughput"] / rows[0]["throughput"]
+        print(f"\nthroughput ratio, ours / hand-written: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ class _IndexBatches(Sampler):
     """
 
     def __init__(
-        self, order: Sampler, batch_size: int, drop_last: bool, device: torch.device
+        self,
+        order: RandomSampler | SequentialSampler,
+        batch_size: int,
+        drop_last: bool,
+        device: torch.device,
     ) -> None:
         self.order = order
         self.batch_size = batch_size

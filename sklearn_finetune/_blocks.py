@@ -71,7 +71,9 @@ def backbone_blocks(encoder: nn.Module) -> list[list[str]]:
     container, children = found
     prefix = f"{container}." if container else ""
     index = {child: position for position, child in enumerate(children)}
-    before, blocks, after = [], [[] for _ in children], []
+    before: list[str] = []
+    after: list[str] = []
+    blocks: list[list[str]] = [[] for _ in children]
     for name, _ in encoder.named_parameters():
         child = name[len(prefix) :].split(".", 1)[0] if name.startswith(prefix) else None
         if child in index:

@@ -1,4 +1,4 @@
-"""FeatureCache: frozen-encoder representations kept across fits, in memory and optionally on disk."""
+"""FeatureCache: frozen-encoder features kept across fits, in memory and optionally on disk."""
 
 from __future__ import annotations
 
@@ -145,8 +145,7 @@ class FeatureCache:
         -------
         ndarray of shape (len(digests), ...)
         """
-        if self.directory is not None:
-            self._read_new_files(key)
+        self._read_new_files(key)
         with self._lock:
             found = {}
             missing: dict[bytes, int] = {}
@@ -178,7 +177,9 @@ class FeatureCache:
             for position, digest in enumerate(digests):
                 if digest in row_of:
                     out[position] = computed[row_of[digest]]
-            file = self._write(key, list(missing), computed) if self.directory is not None else None
+            file = None
+            if self.directory is not None:
+                file = self._write(self.directory, key, list(missing), computed)
             with self._lock:
                 self._add(_Block(key, list(missing), computed, file))
         with self._lock:
@@ -231,6 +232,8 @@ class FeatureCache:
 
     def _read_new_files(self, key: str) -> None:
         """Load the files under ``directory/key`` that this process has not read yet."""
+        if self.directory is None:
+            return
         folder = self.directory / key
         if not folder.is_dir():
             return
@@ -244,13 +247,13 @@ class FeatureCache:
                     if file not in self._files:
                         self._add(block)
 
-    def _write(self, key: str, digests: list[bytes], features: np.ndarray) -> Path:
+    def _write(self, directory: Path, key: str, digests: list[bytes], features: np.ndarray) -> Path:
         """Write one block atomically, named by the hash of its bytes."""
         buffer = io.BytesIO()
         np.save(buffer, np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1))
         np.save(buffer, features)
         data = buffer.getvalue()
-        folder = self.directory / key
+        folder = directory / key
         folder.mkdir(parents=True, exist_ok=True)
         file = folder / f"{hashlib.sha256(data).hexdigest()}{SUFFIX}"
         if not file.exists():

@@ -57,7 +57,7 @@ def estimator_callbacks(estimator: FoundationEstimator, plan: FitPlan, steps: in
             monitor="valid_loss" if has_validation else "train_loss",
         )
         callbacks.append(("lr_schedule", schedule))
-    if plan.regime == "gradual_unfreezing":
+    if plan.regime == "gradual_unfreezing" and estimator.unfreeze_at is not None:
         unfreezing = BackboneUnfreezing(estimator.unfreeze_at, estimator.unfreeze_mode, plan.blocks)
         callbacks.append(("unfreezing", unfreezing))
     if estimator.verbose >= 2:
@@ -111,7 +111,7 @@ class BackboneUnfreezing(Callback):
         """Freeze or unfreeze for ``epoch`` (counted from 0)."""
         module = net.module_
         module.frozen = epoch < self.unfreeze_at
-        if self.mode != "top_down" or module.frozen:
+        if self.mode != "top_down" or module.frozen or self.blocks is None:
             return
         n_unfrozen = epoch - self.unfreeze_at + 1
         still_frozen = {name for block in self.blocks[:-n_unfrozen] for name in block}

@@ -9,12 +9,12 @@ import warnings
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
-WeightsSource = Union[str, os.PathLike, Mapping]
+WeightsSource = str | os.PathLike | Mapping
 
 #: How many names an error or warning lists before it says "and N more".
 _LISTED = 8
@@ -45,7 +45,8 @@ def _read(path: Path) -> Any:
         found = f" (it holds {reason.group(1)})" if reason else ""
         raise ValueError(
             f"{str(path)!r} holds Python objects that only running code from the file "
-            f"could rebuild{found}, so it was refused (loading uses torch.load(weights_only=True)). "
+            f"could rebuild{found}, so it was refused (loading uses "
+            f"torch.load(weights_only=True)). "
             f"Save the weights alone, torch.save(model.state_dict(), path) or a "
             f".safetensors file; or, if you trust the file, load it yourself with "
             f"torch.load(path, weights_only=False) and pass the resulting dict."

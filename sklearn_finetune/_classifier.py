@@ -15,9 +15,9 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_array, column_or_1d
 from torch import nn
 
+from ._declare import declared, parameter
 from ._estimator import FoundationEstimator
 from ._losses import SigmoidCrossEntropy, SoftmaxCrossEntropy
-from ._parameters import declared, parameter
 
 
 def _as_labels(y: Any) -> np.ndarray:
@@ -126,7 +126,7 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     def _validate_y(self, y: Any) -> np.ndarray:
         indicator = _as_indicator(y)
         self.multilabel_ = indicator is not None
-        if self.multilabel_:
+        if indicator is not None:
             if self.class_weight is not None:
                 raise ValueError(
                     "class_weight does not apply to multilabel y (each sample has several "

@@ -90,8 +90,8 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
     if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError(
-            f"precision='bf16' is not supported by this GPU ({torch.cuda.get_device_name(device)}); "
-            "use precision='16' or '32'."
+            f"precision='bf16' is not supported by this GPU "
+            f"({torch.cuda.get_device_name(device)}); use precision='16' or '32'."
         )
 
 

@@ -18,11 +18,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._cache import feature_cache
+from ._declare import declared
 from ._device import check_precision, resolve_device
 from ._encoder import clone_sharing
 from ._frozen import FrozenEncoding
 from ._inputs import validate_X
-from ._parameters import CacheSetting, declared, shared
+from ._parameters import CacheSetting, shared
 from ._representation import POOLINGS, Pooling, Representation
 
 
@@ -137,7 +138,8 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         ndarray of shape (n_samples, n_features_out_), float32
         """
         check_is_fitted(self, "n_features_out_")
-        return self._encoding(self.device_).features(validate_X(self, X, reset=False, for_mlp=False))
+        X = validate_X(self, X, reset=False, for_mlp=False)
+        return self._encoding(self.device_).features(X)
 
     def _encoding(self, device: torch.device) -> FrozenEncoding:
         """The encoder's features through the cache (a bad cache setting fails here)."""
@@ -153,7 +155,7 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
 
     @property
     def _n_features_out(self) -> int:
-        """For ``get_feature_names_out``: ``foundationembedder0`` ... ``foundationembedder{n-1}``."""
+        """For ``get_feature_names_out``: ``foundationembedder0`` to ``foundationembedder{n-1}``."""
         return self.n_features_out_
 
     def __sklearn_clone__(self) -> FoundationEmbedder:

@@ -43,10 +43,10 @@ def preserved_modes(module: nn.Module) -> Iterator[nn.Module]:
 
 def module_device(module: nn.Module) -> torch.device | None:
     """The device of the module's first parameter or buffer; None if it has neither."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
     return None
 
 

@@ -1,4 +1,4 @@
-"""What FoundationClassifier and FoundationRegressor share: fit, inference, the scikit-learn protocol.
+"""What FoundationClassifier and FoundationRegressor share: fit, inference, scikit-learn protocol.
 
 ``fit`` reads in one direction: validate X and y -> plan the fit
 (:func:`plan_fit`) -> encode once through the cache (frozen) or not ->
@@ -30,6 +30,31 @@ from ._parameters import EstimatorParameters
 from ._plan import FitPlan, check_lengths, plan_fit
 from ._representation import Representation
 
+#: The attributes every fitted estimator has, filled in for
+#: ``{shared_attributes}`` in the subclasses' docstrings.
+SHARED_ATTRIBUTES = """\
+    module_ : FoundationModule
+        The whole model as one ``nn.Module``: ``encoder``, ``representation``
+        (output selection and pooling) and ``head``. When the backbone is
+        frozen, its encoder stays where it was given (features were computed
+        on ``device_``).
+    encoder_ : torch.nn.Module
+        The backbone used: the ``encoder`` object itself when frozen on its
+        own device, otherwise the trained copy.
+    device_ : torch.device
+        The device training ran on.
+    best_epoch_ : int or None
+        The epoch (as numbered in ``history_``) with the best validation
+        ``scoring``; its weights are the fitted ones when
+        ``restore_best_weights``. None without validation data, or when the
+        score never improved (e.g. NaN throughout).
+    input_shape_ : tuple or dict
+        The shape of one training sample (a dict of shapes for dict input).
+    n_features_in_ : int
+        Number of features, for 2-D X only.
+    feature_names_in_ : ndarray of str
+        Column names, when X was a DataFrame with string column names."""
+
 #: Batch size for running the head on cached features at validation and
 #: prediction: large enough that per-batch overhead vanishes, small enough to
 #: bound an MLP head's activations.
@@ -39,6 +64,11 @@ FEATURE_BATCH_SIZE = 4096
 class FoundationEstimator(EstimatorParameters, BaseEstimator):
     """Base class of the estimators: use FoundationClassifier or FoundationRegressor."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__:  # None under python -OO
+            cls.__doc__ = cls.__doc__.replace("    {shared_attributes}", SHARED_ATTRIBUTES)
+
     # Hooks for the subclasses ------------------------------------------------
 
     def _criterion(self) -> nn.Module:
@@ -46,7 +76,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         raise NotImplementedError
 
     def _validate_y(self, y: Any) -> np.ndarray:
-        """Check y, learn what predict needs to undo (classes, scale), return the training target."""
+        """Check y, learn what predict must undo (classes, scale), return the training target."""
         raise NotImplementedError
 
     def _transform_y(self, y: Any) -> np.ndarray:
@@ -105,7 +135,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         )
 
     def _build_head(self, width: int, device: torch.device) -> nn.Module:
-        """The head for ``width`` features, after an attention pooling when ``pooling="attention"``."""
+        """The head for ``width`` features, after attention pooling if ``pooling="attention"``."""
         head = build_head(
             self.head,
             width,
@@ -121,7 +151,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
     def _fit_head_on_features(
         self, plan: FitPlan, X: ModelInput
     ) -> tuple[FoundationModule, FoundationNet]:
-        """Frozen backbone: encode X once (through the cache), then train the head on the features."""
+        """Frozen backbone: encode X once (through the cache), then train the head on features."""
         encoding = self._frozen_encoding(plan.encoder, plan.representation, plan.device, plan.cache)
         features = torch.as_tensor(encoding.features(X), device=plan.device)
         targets = [torch.as_tensor(array, device=plan.device) for array in plan.targets]
@@ -142,7 +172,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         return FoundationModule(plan.encoder, plan.representation, head, frozen=True), net
 
     def _fit_module(self, plan: FitPlan, X: ModelInput) -> tuple[FoundationModule, FoundationNet]:
-        """Trained backbone (from the start or after ``unfreeze_at``): every batch runs through it."""
+        """Trained backbone (from the start or after ``unfreeze_at``): batches run through it."""
         width = representation_size(plan.encoder, plan.representation, X, plan.device)
         head = self._build_head(width, plan.device)
         module = FoundationModule(plan.encoder, plan.representation, head, frozen=False)
@@ -224,16 +254,16 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         X = self._validate_X(X, reset=False)
         with torch.random.fork_rng(devices=[]):
             if self.module_.frozen:
-                encoding = self._frozen_encoding(
-                    self.encoder_, self.module_.representation, self.device_, feature_cache(self.cache)
-                )
+                cache = feature_cache(self.cache)
+                representation = self.module_.representation
+                encoding = self._frozen_encoding(self.encoder_, representation, self.device_, cache)
                 features = torch.as_tensor(encoding.features(X), device=self.device_)
                 return getattr(self.net_, method)(features)
             with preserved_modes(self.encoder_):
                 return getattr(self.net_, method)(X)
 
     def __sklearn_clone__(self) -> FoundationEstimator:
-        """An unfitted copy that shares the encoder and cache objects (see :func:`clone_sharing`)."""
+        """An unfitted copy sharing the encoder and cache objects (see :func:`clone_sharing`)."""
         return clone_sharing(self)
 
     def __sklearn_tags__(self):

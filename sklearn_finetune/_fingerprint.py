@@ -46,7 +46,8 @@ def _plain_attributes(module: nn.Module) -> Iterable[tuple[str, object]]:
 def _callable_identity(function: Callable) -> str:
     code = getattr(function, "__code__", None)
     body = "" if code is None else f"{code.co_code.hex()}{code.co_consts!r}"
-    return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', repr(function))}{body}"
+    name = getattr(function, "__qualname__", repr(function))
+    return f"{getattr(function, '__module__', '')}.{name}{body}"
 
 
 def encoder_fingerprint(
@@ -73,10 +74,11 @@ def encoder_fingerprint(
     >>> from torch import nn
     >>> from sklearn_finetune._fingerprint import encoder_fingerprint
     >>> layer = nn.Linear(3, 2)
-    >>> key = encoder_fingerprint(layer, output_key=None, pooling="mean", device=torch.device("cpu"))
+    >>> cpu = torch.device("cpu")
+    >>> key = encoder_fingerprint(layer, output_key=None, pooling="mean", device=cpu)
     >>> with torch.no_grad():
     ...     _ = layer.weight.add_(1)
-    >>> key == encoder_fingerprint(layer, output_key=None, pooling="mean", device=torch.device("cpu"))
+    >>> key == encoder_fingerprint(layer, output_key=None, pooling="mean", device=cpu)
     False
     """
     digest = hashlib.sha256()
@@ -97,7 +99,7 @@ def encoder_fingerprint(
     for name, tensor in chain(encoder.named_parameters(), encoder.named_buffers()):
         tensor = tensor.detach()
         digest.update(f"\n{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).cpu().numpy())
+        digest.update(tensor.reshape(-1).view(torch.uint8).cpu().numpy().data)
     return digest.hexdigest()
 
 

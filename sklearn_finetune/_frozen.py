@@ -202,4 +202,3 @@ class FrozenEncoding:
         """
         encoder = prepare_encoder(self.encoder, trainable=False, device=self.device)
         return representation_size(encoder, self.representation, X, self.device)
-

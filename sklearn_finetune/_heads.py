@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 from torch import nn
 
 #: What the ``head`` parameter accepts besides a name: a module, or a
 #: factory called with the representation size and the number of outputs.
-HeadSpec = Union[str, nn.Module, Callable[[int, int], nn.Module]]
+HeadSpec = str | nn.Module | Callable[[int, int], nn.Module]
 
 HEADS = ("linear", "mlp")
 
@@ -169,7 +168,10 @@ class AttentionPooling(nn.Module):
         nn.init.zeros_(self.score.weight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(batch, tokens, in_features + 1)``, the last channel 1 for real tokens -> ``(batch, in_features)``."""
+        """``(batch, tokens, in_features + 1)`` -> ``(batch, in_features)``.
+
+        The last input channel is 1 for real tokens, 0 for padding.
+        """
         hidden, real = tokens[..., :-1], tokens[..., -1] > 0
         scores = self.score(hidden).squeeze(-1).masked_fill(~real, float("-inf"))
         weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a sample of padding only: zeros

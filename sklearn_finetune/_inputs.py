@@ -17,7 +17,7 @@ The rules, in one place:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ import torch
 from scipy import sparse
 from sklearn.utils.validation import check_array, validate_data
 
-ModelInput = Union[np.ndarray, dict[str, np.ndarray]]
+ModelInput = np.ndarray | dict[str, np.ndarray]
 
 
 def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -160,7 +160,7 @@ def _check_same_layout(fitted: Any, given: Any, X: ModelInput) -> None:
             )
 
 
-def n_samples(X: ModelInput) -> int:
+def n_samples(X: np.ndarray | Mapping[str, Any]) -> int:
     """Number of samples in validated input."""
     if isinstance(X, Mapping):
         return len(next(iter(X.values())))

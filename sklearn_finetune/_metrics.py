@@ -1,4 +1,4 @@
-"""Validation scores recorded in ``history_`` after every epoch, and the one that picks the best epoch."""
+"""Validation scores recorded in ``history_`` after every epoch, and which direction is better."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def ranking_scores(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     --------
     >>> import numpy as np
     >>> from sklearn_finetune._metrics import ranking_scores
-    >>> auc, ap = ranking_scores(np.array([[0], [0], [1], [1]]), np.array([[0.1], [0.4], [0.35], [0.8]]))
+    >>> y, scores = np.array([[0], [0], [1], [1]]), np.array([[0.1], [0.4], [0.35], [0.8]])
+    >>> auc, ap = ranking_scores(y, scores)
     >>> float(auc[0]), round(float(ap[0]), 4)
     (0.75, 0.8333)
     """
@@ -92,7 +93,7 @@ def ranking_scores(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 def _f1_per_class(
     true_positives: np.ndarray, predicted: np.ndarray, actual: np.ndarray
 ) -> np.ndarray:
-    """F1 of each class from counts; 0 where it is undefined (scikit-learn's ``zero_division=0``)."""
+    """F1 of each class from counts; 0 where undefined (scikit-learn's ``zero_division=0``)."""
     denominator = predicted + actual
     return np.divide(
         2 * true_positives, denominator, out=np.zeros(len(denominator)), where=denominator > 0

@@ -189,4 +189,3 @@ def build_net(
         **solver,
     )
     return FoundationNet(**{**defaults, **settings})
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 from skorch.callbacks import LRScheduler
@@ -15,7 +15,7 @@ from ._module import ENCODER_PREFIX
 SOLVERS = ("adamw", "adam", "sgd", "lbfgs")
 LR_SCHEDULES = ("cosine", "warmup_cosine", "step", "plateau")
 
-Solver = Union[str, Callable[..., torch.optim.Optimizer]]
+Solver = str | Callable[..., torch.optim.Optimizer]
 
 #: L-BFGS iterations per epoch with ``solver="lbfgs"`` (torch's default ``max_iter``).
 LBFGS_ITERATIONS = 20

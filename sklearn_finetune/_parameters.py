@@ -1,24 +1,16 @@
-"""Every estimator parameter, declared once: its name, default, constraint and documentation.
+"""The estimators' parameters, each declared once (see :mod:`._declare`).
 
-A parameter is a field of a dataclass (:func:`parameter`); the
-:func:`declared` decorator turns the class into one whose ``__init__`` stores
-each parameter verbatim (what scikit-learn's ``clone`` and ``set_params``
-need), and derives ``_parameter_constraints`` and the ``Parameters`` section
-of the docstring from the same fields. The classifier and the regressor add
-their own fields to :class:`EstimatorParameters`; :class:`FoundationEmbedder`
-reuses some of its declarations through :func:`shared`.
+The classifier and the regressor add their own fields to
+:class:`EstimatorParameters`; :class:`FoundationEmbedder` reuses some of
+its declarations through :func:`shared`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import os
-import sys
-import textwrap
 from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,121 +19,14 @@ from torch import nn
 
 from ._cache import FeatureCache
 from ._callbacks import UNFREEZE_MODES
+from ._declare import declared, parameter
 from ._device import PRECISIONS
 from ._heads import HEADS, HeadSpec
 from ._metrics import SCORES
 from ._optimization import LR_SCHEDULES, SOLVERS, Solver
 from ._representation import POOLINGS, Pooling
 
-if sys.version_info >= (3, 11):
-    from typing import dataclass_transform
-else:  # pragma: no cover
-    from typing_extensions import dataclass_transform
-
 CacheSetting = bool | str | os.PathLike | FeatureCache
-T = TypeVar("T", bound=type)
-
-
-SHARED_ATTRIBUTES = """\
-    module_ : FoundationModule
-        The whole model as one ``nn.Module``: ``encoder``, ``representation``
-        (output selection and pooling) and ``head``. When the backbone is
-        frozen, its encoder stays where it was given (features were computed
-        on ``device_``).
-    encoder_ : torch.nn.Module
-        The backbone used: the ``encoder`` object itself when frozen on its
-        own device, otherwise the trained copy.
-    device_ : torch.device
-        The device training ran on.
-    best_epoch_ : int or None
-        The epoch (as numbered in ``history_``) with the best validation
-        ``scoring``; its weights are the fitted ones when
-        ``restore_best_weights``. None without validation data, or when the
-        score never improved (e.g. NaN throughout).
-    input_shape_ : tuple or dict
-        The shape of one training sample (a dict of shapes for dict input).
-    n_features_in_ : int
-        Number of features, for 2-D X only.
-    feature_names_in_ : ndarray of str
-        Column names, when X was a DataFrame with string column names."""
-
-
-def parameter(
-    *,
-    default: Any = dataclasses.MISSING,
-    constraints: list,
-    types: str,
-    doc: str,
-    kw_only: bool = True,
-) -> Any:
-    """Declare one estimator parameter, as a dataclass field.
-
-    Parameters
-    ----------
-    default : object, optional
-        The default value; none makes the parameter required.
-    constraints : list
-        scikit-learn's parameter constraints (``_parameter_constraints``).
-    types : str
-        The type line of the docstring entry, without the default (which is
-        added from ``default``).
-    doc : str
-        The description of the docstring entry.
-    kw_only : bool, default=True
-        False for the one positional parameter, ``encoder``.
-
-    Returns
-    -------
-    dataclasses.Field
-    """
-    metadata = {"constraints": constraints, "types": types, "doc": textwrap.dedent(doc).strip()}
-    return dataclasses.field(default=default, kw_only=kw_only, metadata=metadata)
-
-
-def shared(name: str, **changes: Any) -> Any:
-    """A field declared as :class:`EstimatorParameters`' ``name``, with ``changes``.
-
-    ``changes`` may replace ``default``, ``constraints``, ``types``, ``doc``
-    or ``kw_only``.
-    """
-    field = EstimatorParameters.__dataclass_fields__[name]
-    settings = {"default": field.default, "kw_only": field.kw_only, **field.metadata}
-    return parameter(**{**settings, **changes})
-
-
-def _shown(default: Any) -> str:
-    return f'"{default}"' if isinstance(default, str) else repr(default)
-
-
-def _entry(field: dataclasses.Field) -> str:
-    header = f"{field.name} : {field.metadata['types']}"
-    if field.default is not dataclasses.MISSING:
-        header += f", default={_shown(field.default)}"
-    return header + "\n" + textwrap.indent(field.metadata["doc"], "    ")
-
-
-@dataclass_transform(kw_only_default=True, eq_default=False, field_specifiers=(parameter,))
-def declared(cls: T) -> T:
-    """Make ``cls`` a scikit-learn estimator class from its declared fields.
-
-    ``__init__`` stores every field under its own name and does nothing else
-    (a dataclass ``__init__``: no equality, hashing or repr of its own, so
-    ``BaseEstimator``'s apply); ``_parameter_constraints`` maps each field to
-    its constraints; ``{parameters}`` in the docstring becomes the
-    ``Parameters`` entries in the order of the signature, and
-    ``{shared_attributes}`` the attributes every estimator has.
-    """
-    cls = dataclasses.dataclass(eq=False, repr=False, kw_only=True)(cls)
-    fields = {field.name: field for field in dataclasses.fields(cls)}
-    order = inspect.signature(cls).parameters
-    constraints = {name: fields[name].metadata["constraints"] for name in order}
-    setattr(cls, "_parameter_constraints", constraints)  # noqa: B010 (T is any class)
-    if cls.__doc__:  # None under python -OO
-        entries = "\n\n".join(_entry(fields[name]) for name in order)
-        cls.__doc__ = cls.__doc__.replace(
-            "    {parameters}", textwrap.indent(entries, "    ")
-        ).replace("    {shared_attributes}", SHARED_ATTRIBUTES)
-    return cls
 
 
 @declared
@@ -523,3 +408,14 @@ class EstimatorParameters:
         epoch.
         """,
     )
+
+
+def shared(name: str, **changes: Any) -> Any:
+    """A field declared as :class:`EstimatorParameters`' ``name``, with ``changes``.
+
+    ``changes`` may replace ``default``, ``constraints``, ``types``, ``doc``
+    or ``kw_only``.
+    """
+    field = EstimatorParameters.__dataclass_fields__[name]
+    settings = {"default": field.default, "kw_only": field.kw_only, **field.metadata}
+    return parameter(**{**settings, **changes})

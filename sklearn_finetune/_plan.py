@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from math import ceil
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -100,7 +101,7 @@ class Validation:
         if self.data is not None:
             X_val, *y_val = self.data
             return predefined_split(Dataset(X_val, y_val))
-        if self.rows is None:
+        if self.rows is None or self.train is None:
             return None
         return partial(_index_split, train=self.train, valid=self.rows)
 
@@ -114,7 +115,7 @@ def _index_split(
     valid: np.ndarray,
 ) -> tuple[Subset, Subset]:
     """A skorch ``train_split``: fixed training and validation rows of the dataset."""
-    return Subset(dataset, train), Subset(dataset, valid)
+    return Subset(dataset, cast(Sequence[int], train)), Subset(dataset, cast(Sequence[int], valid))
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def plan_fit(
     targets, validation = _weighted(estimator, y, sample_weight, train, rows, data)
     check_precision(estimator.precision, device)
     torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+    encoder: nn.Module
     if estimator.encoder is None:
         encoder = mlp_backbone(estimator.input_shape_).to(device)
     elif regime == "frozen":
@@ -241,9 +243,14 @@ def _check_settings(estimator: FoundationEstimator, regime: Regime, has_validati
                 "solver='lbfgs' does not take precision='16': its line search cannot "
                 "work on a scaled float16 loss. Use precision='bf16' or '32'."
             )
-    if regime == "gradual_unfreezing" and estimator.unfreeze_at >= estimator.max_epochs:
+    unfreeze_at = estimator.unfreeze_at
+    if (
+        regime == "gradual_unfreezing"
+        and unfreeze_at is not None
+        and unfreeze_at >= estimator.max_epochs
+    ):
         raise ValueError(
-            f"unfreeze_at={estimator.unfreeze_at} is not below max_epochs="
+            f"unfreeze_at={unfreeze_at} is not below max_epochs="
             f"{estimator.max_epochs}: the backbone would never train. Use unfreeze_at=None "
             "for a frozen backbone."
         )
@@ -332,4 +339,3 @@ def _weighted(
     X_val, y_val = data
     val_weights = np.ones(len(y_val)) if per_class is None else per_class[y_val]
     return targets, Validation(data=(X_val, y_val, (val_weights / scale).astype(np.float32)))
-

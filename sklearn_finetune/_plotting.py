@@ -131,7 +131,7 @@ class HistoryDisplay:
         check_is_fitted(estimator, "history_")
         history = estimator.history_
         if score is None:
-            candidates = DEFAULT_SCORES
+            candidates: tuple[str, ...] = DEFAULT_SCORES
             if estimator.scoring != "loss":
                 candidates = (f"valid_{estimator.scoring}",)
             score = next((name for name in candidates if name in history[-1]), None)

@@ -11,9 +11,9 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array
 from torch import nn
 
+from ._declare import declared, parameter
 from ._estimator import FoundationEstimator
 from ._losses import REGRESSION_LOSSES, RegressionLoss
-from ._parameters import declared, parameter
 
 
 @declared

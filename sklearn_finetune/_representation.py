@@ -10,7 +10,7 @@ parameter-free ``nn.Module``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ DEFAULT_OUTPUT_KEYS = ("feature", "features", "last_hidden_state", "pooler_outpu
 
 POOLINGS = ("mean", "max", "cls", "flatten", "attention")
 
-Pooling = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+Pooling = str | Callable[[torch.Tensor], torch.Tensor]
 
 _EXPECTED = (
     "a tensor, a tuple or list whose first element is a tensor, or a mapping "
@@ -87,7 +87,7 @@ def select_output(output: Any, output_key: str | None = None) -> torch.Tensor:
 
 
 def _mask_for(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The ``(batch, tokens)`` mask as booleans, checked against a 3-D output; None if it has none."""
+    """The ``(batch, tokens)`` mask as booleans, checked against a 3-D output (None: no mask)."""
     if mask is None or hidden.ndim != 3:
         return None
     if tuple(mask.shape) != tuple(hidden.shape[:2]):

@@ -1,4 +1,4 @@
-"""The embed-once path of a frozen backbone and the feature cache behind it, counted in encoder samples."""
+"""The embed-once path of a frozen backbone and the feature cache behind it, in encoder samples."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ class LitClassifier(nn.Module):
 
 @pytest.fixture
 def lit_checkpoint(tmp_path):
-    """A checkpoint as Lightning writes it: state_dict with prefixed keys, optimizer state, metadata."""
+    """A checkpoint as Lightning writes it: prefixed state_dict keys, optimizer state, metadata."""
     torch.manual_seed(1)
     lit = LitClassifier()
     lit.model["backbone"](torch.randn(32, 64))  # move the batch-norm statistics off their defaults
@@ -66,7 +66,7 @@ def test_a_wrong_prefix_fails_naming_the_missing_keys_and_the_right_prefix(lit_c
     assert "'layers.0.weight'" in message and "'layers.1.running_mean'" in message
     assert "prefix 'model.backbone.'" in message
     assert_same_state(before, encoder)
-    with pytest.raises(ValueError, match="prefix 'model.backbone.'"):
+    with pytest.raises(ValueError, match=r"prefix 'model\.backbone\.'"):
         load_weights(encoder, path)  # no prefix: the Lightning module's own keys
 
 
@@ -122,7 +122,7 @@ def test_shape_mismatch_and_bad_arguments_change_nothing(tmp_path):
         load_weights(encoder, tmp_path / "absent.ckpt")
     with pytest.raises(TypeError, match="prefix must be a string"):
         load_weights(encoder, {}, prefix=None)
-    with pytest.raises(TypeError, match="encoder must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"encoder must be a torch\.nn\.Module"):
         load_weights(encoder.state_dict(), {})
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(TypeError, match="mapping of names to tensors"):

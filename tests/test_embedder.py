@@ -64,7 +64,7 @@ def test_embedder_and_logistic_regression_is_the_lbfgs_linear_probe(pretrained_e
 
 
 def test_feature_names_and_pandas_output(pretrained_encoder, digits):
-    X, y = digits
+    X, _ = digits
     frame = pd.DataFrame(X, columns=[f"pixel{i}" for i in range(64)], index=np.arange(400) + 1000)
     embedder = FoundationEmbedder(pretrained_encoder).set_output(transform="pandas")
     out = embedder.fit_transform(frame)

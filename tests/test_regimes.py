@@ -215,6 +215,6 @@ def test_lbfgs_cannot_fine_tune(digits):
     torch.manual_seed(0)
     encoder = CountingEncoder(nn.Linear(64, 16))
     clf = FoundationClassifier(encoder, freeze_backbone=False, solver="lbfgs")
-    with pytest.raises(ValueError, match="solver='lbfgs'.*frozen backbone"):
+    with pytest.raises(ValueError, match=r"solver='lbfgs'.*frozen backbone"):
         clf.fit(X, y)
     assert encoder.samples_seen == 0

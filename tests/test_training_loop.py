@@ -1,4 +1,4 @@
-"""The training loop's settings: solvers, schedules, clipping, precision, early stopping, best weights, heads."""
+"""The training loop's settings: solvers, schedules, clipping, precision, early stopping, heads."""
 
 from __future__ import annotations
 
@@ -121,21 +121,19 @@ def test_plateau_schedule_divides_the_rate_when_the_loss_stalls(digits):
 
 def test_gradients_are_clipped_before_the_step(digits):
     X, y = digits
-    norms = lambda **params: (
-        dict(
-            FoundationClassifier(
-                nn.Linear(64, 8),
-                freeze_backbone=False,
-                lr=0.5,
-                max_epochs=2,
-                callbacks=[("norms", GradientNorms())],
-                random_state=0,
-                **params,
-            )
-            .fit(X, y)
-            .net_.callbacks_
-        )["norms"].norms_
-    )
+
+    def norms(**params):
+        clf = FoundationClassifier(
+            nn.Linear(64, 8),
+            freeze_backbone=False,
+            lr=0.5,
+            max_epochs=2,
+            callbacks=[("norms", GradientNorms())],
+            random_state=0,
+            **params,
+        ).fit(X, y)
+        return dict(clf.net_.callbacks_)["norms"].norms_
+
     assert max(norms()) > 0.5
     assert max(norms(max_grad_norm=0.5)) <= 0.5 + 1e-5
 

@@ -115,7 +115,9 @@ def test_layer_decay_rates_are_a_geometric_series_over_blocks(digits):
     groups = clf.net_.optimizer_.param_groups
     assert [g["lr"] for g in groups] == pytest.approx([1.25e-3, 2.5e-3, 5e-3, 1e-2])
     encoder = clf.encoder_
-    for group, layer in zip(groups, (encoder[0], encoder[2], encoder[4], clf.module_.head)):
+    for group, layer in zip(
+        groups, (encoder[0], encoder[2], encoder[4], clf.module_.head), strict=True
+    ):
         assert {id(p) for p in group["params"]} == {id(p) for p in layer.parameters()}
 
 
