@@ -118,6 +118,15 @@ class FeatureCache:
 
         Every estimator given the same directory shares one in-memory layer
         in front of it.
+
+        Parameters
+        ----------
+        directory : str or path-like
+            The folder holding the features on disk (created when first written).
+
+        Returns
+        -------
+        FeatureCache
         """
         path = str(_checked_directory(directory).absolute())
         if path not in cls._for_directory:

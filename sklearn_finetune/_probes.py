@@ -85,6 +85,11 @@ def linear_probe_score(
     X, y : array-like, dict
         Input and labels (or targets), as for the estimators. A dict X (a
         :class:`Tokenizer`'s output) is split into folds by rows.
+    weight_decay : float or sequence of float, default=(1e-4, 1e-3, 1e-2, 1e-1)
+        The L2 penalty of the linear head (``weight_decay`` of the
+        estimator, see ``solver="lbfgs"``). A sequence is searched inside
+        each outer fold by an inner 3-fold grid search (the CLIP and
+        SentEval protocol); a float fixes it.
     cv : int, cross-validation generator or iterable, default=5
         As for :func:`sklearn.model_selection.cross_val_score` (stratified
         folds for classification).
@@ -296,6 +301,15 @@ class OnlineProbe(Callback):
         return self.scores_[-1]
 
     def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        """skorch's hook: every ``every`` epochs, record the probe score in ``net.history``.
+
+        Parameters
+        ----------
+        net : skorch.NeuralNet
+            The net being trained; the encoder is found in ``net.module_``.
+        **kwargs
+            skorch's other arguments, unused.
+        """
         if len(net.history) % self.every == 0:
             net.history.record(self.name, self(self._encoder_of(net)))
 
