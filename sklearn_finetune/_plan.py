@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from math import ceil
@@ -78,17 +78,23 @@ class Validation:
         return self.rows is not None or self.data is not None
 
     def split_features(
-        self, features: torch.Tensor, targets: list[torch.Tensor], encode: Any
+        self,
+        features: torch.Tensor,
+        targets: list[torch.Tensor],
+        encode: Callable[[ModelInput], np.ndarray],
     ) -> tuple[torch.Tensor, list[torch.Tensor], Any]:
         """Training features and targets, and skorch's ``train_split``, for cached features.
 
-        ``encode`` turns the explicit validation X into features on the
-        same device.
+        ``encode`` turns the explicit validation X into features (an array,
+        moved to the device of ``features`` here).
         """
         if self.data is not None:
             X_val, *y_val = self.data
             device = features.device
-            valid = Dataset(encode(X_val), [torch.as_tensor(a, device=device) for a in y_val])
+            valid = Dataset(
+                torch.as_tensor(encode(X_val), device=device),
+                [torch.as_tensor(array, device=device) for array in y_val],
+            )
             return features, targets, predefined_split(valid)
         if self.rows is None:
             return features, targets, None
