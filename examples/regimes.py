@@ -35,7 +35,9 @@ REGIMES = {
         warmup_epochs=2,
         max_grad_norm=1.0,
     ),
-    "fine-tune, AUROC early stopping": dict(freeze_backbone=False, scoring="roc_auc", patience=5),
+    "fine-tune, AUROC early stopping": dict(
+        freeze_backbone=False, scoring="roc_auc", n_iter_no_change=5
+    ),
 }
 
 

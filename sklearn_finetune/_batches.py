@@ -1,28 +1,35 @@
-"""Mini-batches of a feature matrix that already sits on the device, for skorch's loop."""
+"""Mini-batches of in-memory arrays (cached features, or X itself), one indexing per batch."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 from skorch.dataset import Dataset
-from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler, Subset
 from torch.utils.data import Dataset as TorchDataset
 
 Targets = Sequence[torch.Tensor]
 
 
 class _Rows(TorchDataset):
-    """A tensor X and targets y (tensors, or None), indexed a whole batch of rows at a time."""
+    """A tensor X and targets y (tensors, or None), indexed a whole batch of rows at a time.
 
-    def __init__(self, X: torch.Tensor, y: Targets | None) -> None:
+    ``index`` maps the dataset's rows to rows of X (the rows of a ``Subset``).
+    """
+
+    def __init__(self, X: torch.Tensor, y: Targets | None, index: torch.Tensor | None) -> None:
         self.X = X
         self.y = y
+        self.index = index
 
     def __len__(self) -> int:
-        return len(self.X)
+        return len(self.X) if self.index is None else len(self.index)
 
     def __getitem__(self, rows: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        if self.index is not None:
+            rows = self.index[rows]
         return self.X[rows], None if self.y is None else [target[rows] for target in self.y]
 
 
@@ -57,14 +64,15 @@ class _IndexBatches(Sampler):
 
 
 def feature_batches(
-    dataset: Dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False
+    dataset: Dataset | Subset, batch_size: int, shuffle: bool = False, drop_last: bool = False
 ) -> DataLoader:
-    """A loader that takes each batch of in-memory features in one indexing operation.
+    """A loader that takes each batch of in-memory rows in one indexing operation.
 
     skorch's default ``DataLoader`` fetches sample by sample and stacks them;
-    once a frozen backbone's features are one tensor on the device, a batch
-    is one ``X[indices]`` instead (skorch's own dataset indexing is bypassed
-    too: its per-batch checks cost more than the head's step). The batches,
+    when X is one array in memory (a frozen backbone's features on the
+    device, or an array X fed to a trained backbone), a batch is one
+    ``X[indices]`` instead (skorch's own dataset indexing is bypassed too:
+    its per-batch checks cost more than a small model's step). The batches,
     and the random numbers drawn to shuffle them, are those of
     ``DataLoader(dataset, batch_size, shuffle, drop_last)``, so the head
     trains exactly as it would with per-sample loading. Pass it as skorch's
@@ -72,10 +80,10 @@ def feature_batches(
 
     Parameters
     ----------
-    dataset : skorch.dataset.Dataset
-        Holds ``X`` as a tensor and ``y`` as a sequence of tensors (targets
-        and sample weights) or None, as skorch builds it from ``net.fit(X,
-        y)``.
+    dataset : skorch.dataset.Dataset or torch.utils.data.Subset of one
+        Holds ``X`` as a tensor or NumPy array and ``y`` as a sequence of
+        them (targets and sample weights) or None, as skorch builds it from
+        ``net.fit(X, y)``; a ``Subset`` (held-out rows) takes its rows.
     batch_size : int
         Samples per batch.
     shuffle : bool, default=False
@@ -96,7 +104,13 @@ def feature_batches(
     >>> [(tuple(X.shape), len(target)) for X, (target, weight) in feature_batches(dataset, 2)]
     [((2, 3), 2), ((2, 3), 2), ((1, 3), 1)]
     """
-    rows = _Rows(torch.as_tensor(dataset.X), dataset.y)
+    index = None
+    if isinstance(dataset, Subset):
+        index = torch.as_tensor(dataset.indices)
+        dataset = cast(Dataset, dataset.dataset)
+    X = torch.as_tensor(dataset.X)
+    y = None if dataset.y is None else [torch.as_tensor(target) for target in dataset.y]
+    rows = _Rows(X, y, None if index is None else index.to(X.device))
     order = RandomSampler(rows) if shuffle else SequentialSampler(rows)
     batches = _IndexBatches(order, batch_size, drop_last, rows.X.device)
     return DataLoader(rows, batch_size=None, sampler=batches)

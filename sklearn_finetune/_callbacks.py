@@ -1,12 +1,14 @@
-"""The estimator's own skorch callbacks: validation scores, best epoch, schedule, unfreezing."""
+"""The estimator's own skorch callbacks: validation scores, convergence, schedule, unfreezing."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from skorch.callbacks import Callback, EarlyStopping, ProgressBar
-from skorch.utils import noop
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from skorch.callbacks import Callback, ProgressBar
 
 from ._metrics import ValidationScores, greater_is_better
 from ._optimization import schedule_callback
@@ -39,15 +41,22 @@ def estimator_callbacks(estimator: FoundationEstimator, plan: FitPlan, steps: in
     if has_validation:
         scores = ValidationScores(estimator._task(), estimator._prediction_of, estimator._target_of)
         callbacks.append(("valid_scores", scores))
-        monitor = "valid_loss" if estimator.scoring == "loss" else f"valid_{estimator.scoring}"
-        best = EarlyStopping(
-            monitor=monitor,
-            patience=estimator.patience,
-            lower_is_better=not greater_is_better(estimator._task(), estimator.scoring),
-            load_best=estimator.restore_best_weights,
-            sink=print if estimator.verbose else noop,
+    if has_validation or (plan.solver != "lbfgs" and plan.n_iter_no_change is not None):
+        if not has_validation:
+            monitor, lower_is_better = "train_loss", True
+        elif estimator.scoring == "loss":
+            monitor, lower_is_better = "valid_loss", True
+        else:
+            monitor = f"valid_{estimator.scoring}"
+            lower_is_better = not greater_is_better(estimator._task(), estimator.scoring)
+        convergence = Convergence(
+            monitor,
+            lower_is_better=lower_is_better,
+            tol=estimator.tol,
+            n_iter_no_change=plan.n_iter_no_change,
+            restore_best=has_validation and estimator.restore_best_weights,
         )
-        callbacks.append(("best_epoch", best))
+        callbacks.append(("convergence", convergence))
     if estimator.lr_schedule is not None:
         schedule = schedule_callback(
             estimator.lr_schedule,
@@ -118,3 +127,98 @@ class BackboneUnfreezing(Callback):
         parameters = dict(module.encoder.named_parameters())
         for name in self.trainable_:
             parameters[name].requires_grad_(name not in still_frozen)
+
+
+class Convergence(Callback):
+    """Watches one value in ``history`` each epoch: the best epoch, its weights, early stopping.
+
+    The rule is ``MLPClassifier``'s: an epoch counts as an improvement when
+    the value beats the best so far by more than ``tol``; after
+    ``n_iter_no_change`` epochs in a row without one, training stops. The
+    best epoch is the one with the best value (ties: the earliest). A value
+    that is not finite (a score undefined on the validation set, such as
+    ROC AUC when it holds one class) is neither an improvement nor a miss,
+    and a ``UndefinedMetricWarning`` says so once per fit.
+
+    Parameters
+    ----------
+    monitor : str
+        The ``history`` column: ``"valid_loss"``, ``"valid_<score>"`` or
+        ``"train_loss"``.
+    lower_is_better : bool
+        Whether lower values are better.
+    tol : float
+        The improvement that counts, in the units of ``monitor``.
+    n_iter_no_change : int or None
+        Epochs without improvement that end training; None never stops.
+    restore_best : bool
+        Keep a copy of the best epoch's weights and load them when training
+        ends.
+
+    Attributes
+    ----------
+    best_epoch_ : int or None
+        The best epoch as numbered in ``history`` (None: no finite value).
+    stopped_early_ : bool
+        Whether ``n_iter_no_change`` ended training.
+    """
+
+    def __init__(
+        self,
+        monitor: str,
+        *,
+        lower_is_better: bool,
+        tol: float,
+        n_iter_no_change: int | None,
+        restore_best: bool,
+    ) -> None:
+        self.monitor = monitor
+        self.lower_is_better = lower_is_better
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.restore_best = restore_best
+
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        self.best_ = np.inf if self.lower_is_better else -np.inf
+        self.best_epoch_: int | None = None
+        self.best_weights_: dict | None = None
+        self.misses_ = 0
+        self.stopped_early_ = False
+        self.undefined_warned_ = False
+
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        value = float(net.history[-1, self.monitor])
+        epoch = net.history[-1, "epoch"]
+        if not np.isfinite(value):
+            self._warn_undefined(value, epoch)
+            return
+        sign = 1.0 if self.lower_is_better else -1.0
+        if sign * value > sign * self.best_ - self.tol:
+            self.misses_ += 1
+        else:
+            self.misses_ = 0
+        if sign * value < sign * self.best_:
+            self.best_, self.best_epoch_ = value, epoch
+            if self.restore_best:
+                self.best_weights_ = copy.deepcopy(net.module_.state_dict())
+        if self.n_iter_no_change is not None and self.misses_ >= self.n_iter_no_change:
+            self.stopped_early_ = True
+            raise KeyboardInterrupt  # skorch's way to end the loop; it runs on_train_end
+
+    def on_train_end(self, net: Any, **kwargs: Any) -> None:
+        if self.best_weights_ is not None and self.best_epoch_ != net.history[-1, "epoch"]:
+            net.module_.load_state_dict(self.best_weights_)
+
+    def _warn_undefined(self, value: float, epoch: int) -> None:
+        if self.undefined_warned_:
+            return
+        self.undefined_warned_ = True
+        warnings.warn(
+            f"{self.monitor} is {value} at epoch {epoch}: the score is undefined on this "
+            "validation set (ROC AUC and average precision need every class present in "
+            "it). Epochs with an undefined score neither count towards n_iter_no_change "
+            "nor can be the best epoch. Choose scoring='loss', or a validation set that "
+            "holds every class.",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )

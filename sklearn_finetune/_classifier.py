@@ -173,6 +173,18 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
                 )
         return compute_class_weight(self.class_weight, classes=self.classes_, y=self.classes_[y])
 
+    def _lbfgs_penalty(self, n_train: int) -> float:
+        """``LogisticRegression(C=1)``'s penalty ``||W||^2 / (2 n)`` on this head's mean loss.
+
+        Two classes: the softmax's two weight vectors ``(w/2, -w/2)`` carry
+        ``LogisticRegression``'s one ``w`` at half its squared norm, so the
+        penalty doubles. Multilabel: the loss is averaged over the labels,
+        so the penalty shrinks by their number.
+        """
+        if self.multilabel_:
+            return 1.0 / (n_train * len(self.classes_))
+        return (2.0 if len(self.classes_) == 2 else 1.0) / n_train
+
     def _n_outputs(self) -> int:
         return len(self.classes_)
 

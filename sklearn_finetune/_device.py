@@ -1,9 +1,10 @@
-"""Resolve the ``device`` parameter to a torch device that exists here, and its precisions."""
+"""The ``device`` parameter resolved to a torch device that exists here; precisions; threads."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -101,3 +102,36 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+#: Intra-op threads for training a head on cached features on the CPU: its
+#: matrices are too small for threads to pay, and on a machine whose cores
+#: other work also uses, waiting for a descheduled thread at every operation
+#: made such a fit several times slower (see docs/benchmarks.md).
+HEAD_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int, device: torch.device) -> Iterator[None]:
+    """Run with ``n`` intra-op threads on the CPU (no change elsewhere), restored on exit.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_finetune._device import torch_threads
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1, torch.device("cpu")):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    if device.type != "cpu" or torch.get_num_threads() <= n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -97,11 +97,17 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         needs a head and is not available here).
         """,
     )
-    precision: str = shared("precision")
+    precision: str = shared(
+        "precision",
+        doc="""
+        ``"bf16"`` and ``"16"`` run the encoder under autocast in bfloat16
+        or float16, where the device supports it; the features are float32.
+        """,
+    )
     batch_size: int = shared("batch_size", doc="Samples per forward pass.")
     cache: CacheSetting = shared("cache")
     device: str | torch.device = shared("device")
-    verbose: int = shared("verbose")
+    verbose: int = shared("verbose", doc="``2`` shows a progress bar over the batches.")
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None) -> FoundationEmbedder:

@@ -8,17 +8,19 @@ build the head -> train with skorch (:func:`build_net`).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._batches import feature_batches
 from ._cache import FeatureCache, feature_cache
-from ._device import resolve_device
+from ._device import HEAD_THREADS, resolve_device, torch_threads
 from ._encoder import clone_sharing, preserved_modes
 from ._frozen import FrozenEncoding
 from ._heads import AttentionPooling, build_head
@@ -43,11 +45,16 @@ SHARED_ATTRIBUTES = """\
         own device, otherwise the trained copy.
     device_ : torch.device
         The device training ran on.
+    solver_ : str or callable
+        The optimizer that trained: ``solver`` with ``"auto"`` resolved.
+    n_iter_ : int
+        Epochs run (for ``solver_="lbfgs"``, L-BFGS iterations), as
+        scikit-learn's iterative estimators report.
     best_epoch_ : int or None
         The epoch (as numbered in ``history_``) with the best validation
         ``scoring``; its weights are the fitted ones when
         ``restore_best_weights``. None without validation data, or when the
-        score never improved (e.g. NaN throughout).
+        score was undefined (NaN) throughout.
     input_shape_ : tuple or dict
         The shape of one training sample (a dict of shapes for dict input).
     n_features_in_ : int
@@ -88,6 +95,10 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
 
     def _task(self) -> str:
         """Which validation scores apply: a key of ``SCORES``."""
+        raise NotImplementedError
+
+    def _lbfgs_penalty(self, n_train: int) -> float:
+        """``weight_decay="auto"`` for L-BFGS: ``LogisticRegression``'s or ``Ridge``'s penalty."""
         raise NotImplementedError
 
     def _class_weight_vector(self, y: np.ndarray) -> np.ndarray | None:
@@ -168,7 +179,8 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             iterator_valid=feature_batches,
             iterator_valid__batch_size=FEATURE_BATCH_SIZE,
         )
-        net.fit(features, targets)
+        with torch_threads(HEAD_THREADS, plan.device):
+            net.fit(features, targets)
         return FoundationModule(plan.encoder, plan.representation, head, frozen=True), net
 
     def _fit_module(self, plan: FitPlan, X: ModelInput) -> tuple[FoundationModule, FoundationNet]:
@@ -177,12 +189,18 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         head = self._build_head(width, plan.device)
         module = FoundationModule(plan.encoder, plan.representation, head, frozen=False)
         groups = backbone_groups(self.lr * self.backbone_lr_mult, self.layer_decay, plan.blocks)
+        # An array X is batched by indexing, as cached features are; a dict X
+        # (a tokenizer's output) by skorch's loader.
+        batches = {}
+        if isinstance(X, np.ndarray):
+            batches = dict(iterator_train=feature_batches, iterator_valid=feature_batches)
         net = build_net(
             self,
             plan,
             module,
             train_split=plan.validation.split_inputs(),
             optimizer__param_groups=groups,
+            **batches,
         )
         net.fit(X, list(plan.targets))
         return module, net
@@ -239,9 +257,39 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         self.encoder_ = module.encoder
         self.history_ = net.history
         self.device_ = device
-        best = dict(net.callbacks_).get("best_epoch")
-        self.best_epoch_ = None if best is None or not best.best_epoch_ else best.best_epoch_
+        self.solver_ = plan.solver
+        convergence = dict(net.callbacks_).get("convergence")
+        self.best_epoch_ = None
+        if convergence is not None and plan.validation:
+            self.best_epoch_ = convergence.best_epoch_
+        self.n_iter_ = net.lbfgs_iterations_ if plan.solver == "lbfgs" else len(net.history)
+        self._warn_if_not_converged(plan, convergence)
         return self
+
+    def _warn_if_not_converged(self, plan: FitPlan, convergence: Any) -> None:
+        """A ``ConvergenceWarning`` when ``max_epochs`` ended training, as scikit-learn's."""
+        if plan.solver == "lbfgs":
+            if self.n_iter_ >= self.max_epochs:
+                warnings.warn(
+                    f"lbfgs failed to converge within max_epochs={self.max_epochs} "
+                    f"iterations (largest gradient entry still above tol={self.tol}). "
+                    "Increase max_epochs, or scale the data (e.g. batch_norm=True, which "
+                    "standardises the features as StandardScaler would).",
+                    ConvergenceWarning,
+                    stacklevel=3,
+                )
+            return
+        if plan.n_iter_no_change is None or convergence is None or convergence.stopped_early_:
+            return
+        warnings.warn(
+            f"max_epochs={self.max_epochs} was reached and {convergence.monitor} was still "
+            f"improving by more than tol={self.tol} within the last "
+            f"n_iter_no_change={plan.n_iter_no_change} epochs. Increase max_epochs, or "
+            "set n_iter_no_change=None to train a fixed number of epochs without this "
+            "warning.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
 
     def _net_predict(self, method: str, X: Any) -> np.ndarray:
         """Validate X and run one of the skorch net's inference methods on it.

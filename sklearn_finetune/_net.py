@@ -111,14 +111,30 @@ class FoundationNet(NeuralNet):
         (loss if self.grad_scaler_ is None else self.grad_scaler_.scale(loss)).backward()
         return {"loss": loss, "y_pred": y_pred}
 
+    @property
+    def lbfgs_iterations_(self) -> int:
+        """The iterations L-BFGS has run (0 for other optimizers)."""
+        if not isinstance(self.optimizer_, torch.optim.LBFGS):
+            return 0
+        state: dict[str, Any] = next(iter(self.optimizer_.state.values()), {})
+        return int(state.get("n_iter", 0))
+
     def train_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
         """One optimizer step: L-BFGS through skorch's closure, other optimizers directly.
 
-        Gradients are unscaled (``precision="16"``) and clipped before the
-        ``on_grad_computed`` callbacks see them and the optimizer steps.
+        L-BFGS evaluates the loss many times in one step; the step's loss is
+        the objective at the weights it ends with (skorch would report the
+        first evaluation's). Gradients are unscaled (``precision="16"``) and
+        clipped before the ``on_grad_computed`` callbacks see them and the
+        optimizer steps.
         """
         if isinstance(self.optimizer_, torch.optim.LBFGS):
-            return super().train_step(batch, **fit_params)
+            super().train_step(batch, **fit_params)
+            Xi, yi = batch
+            with torch.no_grad():
+                y_pred = self.infer(Xi, **fit_params)
+                loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+            return {"loss": loss, "y_pred": y_pred}
         self._zero_grad_optimizer()
         step = self.train_step_single(batch, **fit_params)
         scaler = self.grad_scaler_
@@ -166,19 +182,20 @@ def build_net(
         Not yet initialised.
     """
     solver = solver_settings(
-        estimator.solver,
+        plan.solver,
         lr=estimator.lr,
-        weight_decay=estimator.weight_decay,
+        weight_decay=plan.weight_decay,
         momentum=estimator.momentum,
         batch_size=estimator.batch_size,
         n_train=plan.n_train,
+        max_epochs=estimator.max_epochs,
+        tol=estimator.tol,
     )
     drop_last = solver.get("iterator_train__drop_last", False)
     steps = steps_per_epoch(plan.n_train, estimator.batch_size, drop_last)
     defaults = dict(
         module=module,
         criterion=estimator._criterion(),
-        max_epochs=estimator.max_epochs,
         iterator_valid__batch_size=estimator._inference_batch_size(),
         callbacks=estimator_callbacks(estimator, plan, steps),
         predict_nonlinearity=estimator._predict_nonlinearity(),

@@ -17,8 +17,10 @@ LR_SCHEDULES = ("cosine", "warmup_cosine", "step", "plateau")
 
 Solver = str | Callable[..., torch.optim.Optimizer]
 
-#: L-BFGS iterations per epoch with ``solver="lbfgs"`` (torch's default ``max_iter``).
-LBFGS_ITERATIONS = 20
+#: Loss evaluations L-BFGS may make in one fit: scipy's ``maxfun`` default,
+#: which ``LogisticRegression`` and ``MLPClassifier`` keep, so that the
+#: iteration cap (``max_epochs``) is what ends an unconverged run.
+LBFGS_MAX_EVALUATIONS = 15_000
 
 #: ``lr_schedule="step"`` divides the rate by 10 every third of ``max_epochs``;
 #: ``"plateau"`` divides it by 10 after this many epochs without a better loss.
@@ -34,14 +36,22 @@ def solver_settings(
     momentum: float,
     batch_size: int,
     n_train: int,
+    max_epochs: int,
+    tol: float,
 ) -> dict[str, Any]:
-    """The skorch net settings of ``solver``: the optimizer, its arguments and the batching.
+    """The skorch net settings of ``solver``: the optimizer, its arguments, batching and epochs.
+
+    ``"lbfgs"`` runs once over the whole training set (one skorch epoch)
+    for at most ``max_epochs`` iterations, until no gradient entry exceeds
+    ``tol``, as ``LogisticRegression`` does; ``weight_decay`` becomes the
+    net's ``l2_penalty``.
 
     Examples
     --------
     >>> from sklearn_finetune._optimization import solver_settings
     >>> settings = solver_settings(
-    ...     "sgd", lr=0.1, weight_decay=0.0, momentum=0.9, batch_size=32, n_train=100
+    ...     "sgd", lr=0.1, weight_decay=0.0, momentum=0.9, batch_size=32, n_train=100,
+    ...     max_epochs=200, tol=1e-4,
     ... )
     >>> settings["optimizer"].__name__, settings["optimizer__momentum"]
     ('SGD', 0.9)
@@ -50,17 +60,21 @@ def solver_settings(
         return dict(
             optimizer=torch.optim.LBFGS,
             optimizer__lr=1.0,
-            optimizer__max_iter=LBFGS_ITERATIONS,
+            optimizer__max_iter=max_epochs,
+            optimizer__max_eval=LBFGS_MAX_EVALUATIONS,
+            optimizer__tolerance_grad=tol,
             optimizer__line_search_fn="strong_wolfe",
             l2_penalty=weight_decay,
             batch_size=-1,  # skorch: the whole training set in one batch
             iterator_train__shuffle=False,
+            max_epochs=1,
         )
     settings: dict[str, Any] = dict(
         lr=lr,
         batch_size=batch_size,
         iterator_train__shuffle=True,
         iterator_train__drop_last=n_train > 1 and n_train % batch_size == 1,
+        max_epochs=max_epochs,
     )
     if solver == "sgd":
         settings.update(optimizer=torch.optim.SGD, optimizer__momentum=momentum)

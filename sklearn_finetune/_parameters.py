@@ -131,25 +131,28 @@ class EstimatorParameters:
         """,
     )
     solver: Solver = parameter(
-        default="adamw",
-        constraints=[StrOptions(set(SOLVERS)), callable],
-        types='{"adamw", "adam", "sgd", "lbfgs"} or callable',
+        default="auto",
+        constraints=[StrOptions({"auto", *SOLVERS}), callable],
+        types='{"auto", "adamw", "adam", "sgd", "lbfgs"} or callable',
         doc="""
-        The optimizer. ``"adamw"``, ``"adam"`` and ``"sgd"`` (with
-        ``momentum``) take mini-batches of ``batch_size`` at ``lr`` for the
-        head and ``lr * backbone_lr_mult`` for a trained backbone. A torch
-        optimizer class, or a ``functools.partial`` of one for more
-        arguments, is called with the parameter groups, ``lr`` and, when not
-        0, ``weight_decay``. ``"lbfgs"``, for a frozen backbone only:
-        full-batch L-BFGS with a strong-Wolfe line search on all the cached
-        features at once, the exact solver ``LogisticRegression`` uses; each
-        epoch is one L-BFGS step of up to 20 iterations, ``weight_decay`` is
-        an L2 penalty ``weight_decay / 2 * ||W||^2`` on the head's weight
-        matrices added to the mean loss (``LogisticRegression``'s ``C`` is
-        ``1 / (weight_decay * n_train)``, and ``2 / (weight_decay *
-        n_train)`` for two classes, whose softmax splits the weights into
-        halves), and ``lr``, ``batch_size``, ``lr_schedule`` and
-        ``precision="16"`` do not apply.
+        The optimizer. ``"auto"`` (see the table in the training docs):
+        ``"lbfgs"`` for a linear probe (frozen backbone, linear head, no
+        attention pooling, no ``lr_schedule``, no ``precision="16"``), which
+        then solves ``LogisticRegression()``'s problem (``Ridge()``'s for
+        the regressor); ``"adamw"`` wherever the backbone or an MLP head
+        trains; the choice is ``solver_``. ``"adamw"``, ``"adam"`` and
+        ``"sgd"`` (with ``momentum``) take mini-batches of ``batch_size`` at
+        ``lr`` for the head and ``lr * backbone_lr_mult`` for a trained
+        backbone. A torch optimizer class, or a ``functools.partial`` of one
+        for more arguments, is called with the parameter groups, ``lr`` and,
+        when not 0, ``weight_decay``. ``"lbfgs"``, for a frozen backbone
+        only: full-batch L-BFGS with a strong-Wolfe line search on all the
+        cached features at once, the solver ``LogisticRegression`` uses, in
+        one run of at most ``max_epochs`` iterations that stops when the
+        largest gradient entry is below ``tol`` (``history_`` has one row);
+        ``weight_decay`` is an L2 penalty ``weight_decay / 2 * ||W||^2`` on
+        the head's weight matrices added to the mean loss, and ``lr``,
+        ``batch_size``, ``lr_schedule`` and ``precision="16"`` do not apply.
         """,
     )
     lr: float = parameter(
@@ -185,14 +188,22 @@ class EstimatorParameters:
         an error. Unused when the backbone is frozen.
         """,
     )
-    weight_decay: float = parameter(
-        default=0.0,
-        constraints=[Interval(Real, 0, None, closed="left")],
-        types="float",
+    weight_decay: float | str = parameter(
+        default="auto",
+        constraints=[Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+        types='float or "auto"',
         doc="""
-        The optimizer's weight decay, for all groups (decoupled for AdamW);
-        with ``solver="lbfgs"``, the strength of an L2 penalty (see
-        ``solver``).
+        For mini-batch solvers, the optimizer's weight decay for all groups
+        (decoupled for AdamW); ``"auto"`` is 0. For ``solver="lbfgs"``, the
+        strength of an L2 penalty ``weight_decay / 2 * ||W||^2`` added to the
+        mean loss; ``"auto"`` is the penalty of ``LogisticRegression(C=1.0)``
+        (``Ridge(alpha=1.0)`` for the regressor) on the training rows:
+        ``1 / n_train`` for more than two classes, ``2 / n_train`` for two
+        (the softmax's two weight vectors share the one of
+        ``LogisticRegression``), ``1 / (n_train * n_labels)`` for multilabel
+        y and ``2 / (n_train * n_targets)`` for the regressor. In general
+        ``LogisticRegression``'s ``C`` is ``1 / (weight_decay * n_train)``
+        (twice that for two classes).
         """,
     )
     momentum: float = parameter(
@@ -246,10 +257,42 @@ class EstimatorParameters:
         """,
     )
     max_epochs: int = parameter(
-        default=30,
+        default=200,
         constraints=[Interval(Integral, 1, None, closed="left")],
         types="int",
-        doc="Maximum number of passes over the training data (see ``patience``).",
+        doc="""
+        The most passes over the training data (for ``solver="lbfgs"``, the
+        most L-BFGS iterations, as ``LogisticRegression``'s ``max_iter``).
+        Training usually ends earlier (see ``n_iter_no_change``); when it
+        ends here instead, a ``ConvergenceWarning`` says so.
+        """,
+    )
+    tol: float = parameter(
+        default=1e-4,
+        constraints=[Interval(Real, 0, None, closed="left")],
+        types="float",
+        doc="""
+        Tolerance for the optimization, as in ``MLPClassifier``: an epoch
+        improves on the best so far when the monitored value (see
+        ``n_iter_no_change``) is better by more than ``tol``. For
+        ``solver="lbfgs"``, L-BFGS stops once no gradient entry exceeds
+        ``tol`` (``LogisticRegression``'s rule).
+        """,
+    )
+    n_iter_no_change: int | None = parameter(
+        default=10,
+        constraints=[Interval(Integral, 1, None, closed="left"), None],
+        types="int or None",
+        doc="""
+        Stop when this many epochs in a row have not improved by more than
+        ``tol``, as ``MLPClassifier`` does. The monitored value is
+        ``scoring`` on the validation data when there is validation data,
+        the training loss otherwise. An epoch whose score is undefined
+        (NaN, e.g. ROC AUC on a validation set of one class) neither counts
+        towards this nor can be the best; a warning says so once. ``None``
+        trains for exactly ``max_epochs`` (no early stopping, no
+        ``ConvergenceWarning``). Mini-batch solvers only.
+        """,
     )
     batch_size: int = parameter(
         default=32,
@@ -273,17 +316,20 @@ class EstimatorParameters:
         cores).
         """,
     )
-    val_split: float | tuple | None = parameter(
-        default=0.2,
-        constraints=[Interval(Real, 0, 1, closed="left"), tuple, None],
-        types="float, (X_val, y_val) or None",
+    val_split: float | tuple | str | None = parameter(
+        default="auto",
+        constraints=[Interval(Real, 0, 1, closed="left"), tuple, StrOptions({"auto"}), None],
+        types='float, (X_val, y_val), "auto" or None',
         doc="""
         Held-out data scored after every epoch (the loss and every
-        validation score in ``history_``). A float in (0, 1) holds out that
+        validation score in ``history_``), which picks the best epoch and
+        drives ``n_iter_no_change``. A float in (0, 1) holds out that
         fraction of X, stratified by class for classifiers when every class
         has at least two samples; ``0`` or ``None`` trains on all of X; a
         tuple gives the validation data explicitly. The held-out fraction
-        is not trained on.
+        is not trained on. ``"auto"``: none for ``solver="lbfgs"`` (as
+        ``LogisticRegression``, it trains on all of X), 0.1 otherwise
+        (``MLPClassifier``'s ``validation_fraction``).
         """,
     )
     scoring: str = parameter(
@@ -292,19 +338,18 @@ class EstimatorParameters:
         types="str",
         doc="""
         The validation score that picks the best epoch (``restore_best_weights``)
-        and drives ``patience``: ``"loss"`` (the weighted validation loss,
-        lower is better) or a score recorded in ``history_`` as
+        and drives ``n_iter_no_change``: ``"loss"`` (the weighted validation
+        loss, lower is better) or a score recorded in ``history_`` as
         ``valid_<scoring>`` (see the ``history_`` attribute).
         """,
     )
-    patience: int | None = parameter(
-        default=None,
-        constraints=[Interval(Integral, 1, None, closed="left"), None],
-        types="int or None",
+    patience: int | str | None = parameter(
+        default="deprecated",
+        constraints=[Interval(Integral, 1, None, closed="left"), None, StrOptions({"deprecated"})],
+        types='int, None or "deprecated"',
         doc="""
-        Early stopping: stop when ``scoring`` has not improved (by a relative
-        1e-4) for this many epochs. Needs validation data. ``None`` trains
-        for ``max_epochs``.
+        Deprecated in 0.2, removed in 0.3: use ``n_iter_no_change`` (and
+        ``tol``), which it sets when given, with a ``FutureWarning``.
         """,
     )
     restore_best_weights: bool = parameter(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -40,8 +41,32 @@ if TYPE_CHECKING:
 #: frozen and trains from epoch ``unfreeze_at``.
 Regime = Literal["frozen", "fine_tune", "gradual_unfreezing"]
 
+#: ``val_split="auto"`` for mini-batch solvers: ``MLPClassifier``'s ``validation_fraction``.
+AUTO_VALIDATION_FRACTION = 0.1
+
 #: Training targets and per-sample loss weights.
 Targets = tuple[np.ndarray, np.ndarray]
+
+
+def solver_of(estimator: FoundationEstimator, regime: Regime) -> Solver:
+    """``solver``, with ``"auto"`` resolved: L-BFGS for a linear probe, AdamW otherwise.
+
+    A linear probe is a frozen backbone under a linear head, with no learned
+    pooling, no learning-rate schedule and no float16 loss scaling: the
+    convex problem of ``LogisticRegression`` (``Ridge`` for the regressor),
+    which full-batch L-BFGS solves exactly.
+    """
+    if estimator.solver != "auto":
+        return estimator.solver
+    probe = (
+        regime == "frozen"
+        and isinstance(estimator.head, str)
+        and estimator.head == "linear"
+        and estimator.pooling != "attention"
+        and estimator.lr_schedule is None
+        and estimator.precision != "16"
+    )
+    return "lbfgs" if probe else "adamw"
 
 
 def regime_of(encoder: nn.Module | None, freeze_backbone: bool | str, unfreeze_at: Any) -> Regime:
@@ -133,8 +158,9 @@ class FitPlan:
     regime : {"frozen", "fine_tune", "gradual_unfreezing"}
         See :data:`Regime`.
     encoder : torch.nn.Module
-        The backbone this fit runs: the user's own object when frozen on
-        its device, a copy when it trains or moves, or the MLP built for
+        The backbone this fit runs: the user's own object when frozen (the
+        encoding step runs a copy where it must move to another device), a
+        copy on ``device`` when it trains, or the MLP built for
         ``encoder=None``.
     representation : Representation
         Output selection and pooling.
@@ -149,9 +175,18 @@ class FitPlan:
     blocks : list of list of str or None
         The backbone's blocks, where ``layer_decay`` or top-down unfreezing
         needs them.
+    solver : str or callable
+        The optimizer, ``solver="auto"`` resolved (see :func:`solver_of`).
+    weight_decay : float
+        ``weight_decay="auto"`` resolved for this solver and training set.
+    n_iter_no_change : int or None
+        Epochs without improvement that stop training (``patience`` mapped).
     """
 
     regime: Regime
+    solver: Solver
+    weight_decay: float
+    n_iter_no_change: int | None
     encoder: nn.Module
     representation: Representation
     device: torch.device
@@ -201,9 +236,18 @@ def plan_fit(
     rng = check_random_state(estimator.random_state)
     cache = feature_cache(estimator.cache)  # a bad cache path fails here, before any encoding
     regime = regime_of(estimator.encoder, estimator.freeze_backbone, estimator.unfreeze_at)
-    train, rows, data = _split(estimator, X, y, rng)
-    _check_settings(estimator, regime, has_validation=rows is not None or data is not None)
+    solver = solver_of(estimator, regime)
+    val_split = estimator.val_split
+    if val_split == "auto":
+        val_split = 0 if solver == "lbfgs" else AUTO_VALIDATION_FRACTION
+    train, rows, data = _split(estimator, val_split, X, y, rng)
+    _check_settings(estimator, regime, solver)
     targets, validation = _weighted(estimator, y, sample_weight, train, rows, data)
+    n_train = len(y) if train is None else len(train)
+    if estimator.weight_decay != "auto":
+        weight_decay = float(estimator.weight_decay)
+    else:
+        weight_decay = estimator._lbfgs_penalty(n_train) if solver == "lbfgs" else 0.0
     check_precision(estimator.precision, device)
     torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
     encoder: nn.Module
@@ -213,11 +257,15 @@ def plan_fit(
         encoder = estimator.encoder
     else:
         encoder = prepare_encoder(estimator.encoder, trainable=True, device=device)
-    needs_blocks = estimator.layer_decay is not None or (
-        regime == "gradual_unfreezing" and estimator.unfreeze_mode == "top_down"
+    needs_blocks = regime != "frozen" and (
+        estimator.layer_decay is not None
+        or (regime == "gradual_unfreezing" and estimator.unfreeze_mode == "top_down")
     )
     return FitPlan(
         regime=regime,
+        solver=solver,
+        weight_decay=weight_decay,
+        n_iter_no_change=_n_iter_no_change(estimator),
         encoder=encoder,
         representation=Representation(estimator.output_key, estimator.pooling),
         device=device,
@@ -228,9 +276,21 @@ def plan_fit(
     )
 
 
-def _check_settings(estimator: FoundationEstimator, regime: Regime, has_validation: bool) -> None:
+def _n_iter_no_change(estimator: FoundationEstimator) -> int | None:
+    """``n_iter_no_change``, or the deprecated ``patience`` when it is given."""
+    if estimator.patience == "deprecated":
+        return estimator.n_iter_no_change
+    warnings.warn(
+        "patience was deprecated in 0.2 and will be removed in 0.3; use n_iter_no_change "
+        f"(and tol) instead: n_iter_no_change={estimator.patience!r} is used now.",
+        FutureWarning,
+        stacklevel=4,
+    )
+    return cast(int | None, estimator.patience)
+
+
+def _check_settings(estimator: FoundationEstimator, regime: Regime, solver: Solver) -> None:
     """Refuse combinations of parameters that cannot work, before any encoding."""
-    solver: Solver = estimator.solver
     if solver == "lbfgs":
         if regime != "frozen":
             raise ValueError(
@@ -267,11 +327,6 @@ def _check_settings(estimator: FoundationEstimator, regime: Regime, has_validati
             f"{type(estimator).__name__} for this y; choose 'loss' or one of "
             f"{sorted(SCORES[task])}."
         )
-    if estimator.patience is not None and not has_validation:
-        raise ValueError(
-            f"patience={estimator.patience} stops on a validation score, but there is no "
-            "validation data: set val_split, or patience=None."
-        )
 
 
 def check_lengths(X: ModelInput, y: np.ndarray, x_name: str, y_name: str) -> None:
@@ -284,10 +339,13 @@ def check_lengths(X: ModelInput, y: np.ndarray, x_name: str, y_name: str) -> Non
 
 
 def _split(
-    estimator: FoundationEstimator, X: ModelInput, y: np.ndarray, rng: np.random.RandomState
+    estimator: FoundationEstimator,
+    val_split: Any,
+    X: ModelInput,
+    y: np.ndarray,
+    rng: np.random.RandomState,
 ) -> tuple[np.ndarray | None, np.ndarray | None, tuple[ModelInput, np.ndarray] | None]:
     """The training rows, the held-out rows and the explicit ``(X_val, y_val)`` of ``val_split``."""
-    val_split = estimator.val_split
     if isinstance(val_split, tuple):
         if len(val_split) != 2:
             raise ValueError(

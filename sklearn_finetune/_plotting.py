@@ -56,7 +56,8 @@ class HistoryDisplay:
     >>> from torch import nn
     >>> from sklearn_finetune import FoundationClassifier, HistoryDisplay
     >>> X, y = load_digits(return_X_y=True)
-    >>> clf = FoundationClassifier(nn.Linear(64, 16), max_epochs=3).fit(X / 16, y)
+    >>> clf = FoundationClassifier(nn.Linear(64, 16), solver="adamw", max_epochs=3)
+    >>> clf = clf.fit(X / 16, y)
     >>> sorted(HistoryDisplay.from_estimator(clf, score="valid_roc_auc").lines_)
     ['train_loss', 'valid_loss', 'valid_roc_auc']
     """

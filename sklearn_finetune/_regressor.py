@@ -100,6 +100,16 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
             raise ValueError(f"y_val has {y2d.shape[1]} target(s); y has {self.n_outputs_}.")
         return ((y2d - self.target_mean_) / self.target_scale_).astype(np.float32)
 
+    def _lbfgs_penalty(self, n_train: int) -> float:
+        """``Ridge(alpha=1)``'s penalty on this head's loss.
+
+        Ridge minimises ``||y - Xw||^2 + ||w||^2``, i.e. the mean squared
+        error plus ``||w||^2 / n``; this head's loss is averaged over the
+        targets too, hence ``2 / (n * n_targets)`` in ``weight_decay / 2 *
+        ||W||^2``.
+        """
+        return 2.0 / (n_train * self.n_outputs_)
+
     def _n_outputs(self) -> int:
         return self.n_outputs_
 

@@ -129,7 +129,9 @@ def test_features_match_running_the_encoder_in_every_batch(digits):
 def test_regressor_uses_the_same_path(digits):
     X, y = digits
     encoder = counting_encoder()
-    reg = FoundationRegressor(encoder, max_epochs=3, cache=FeatureCache(), random_state=0)
+    reg = FoundationRegressor(
+        encoder, max_epochs=3, val_split=0.2, cache=FeatureCache(), random_state=0
+    )
     cross_val_score(reg, X, y.astype(float), cv=3)
     assert encoder.samples_seen == len(X)
     assert "valid_r2" in reg.fit(X, y.astype(float)).history_[-1]

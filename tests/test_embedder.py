@@ -56,7 +56,8 @@ def test_embedder_and_logistic_regression_is_the_lbfgs_linear_probe(pretrained_e
         pretrained_encoder,
         solver="lbfgs",
         weight_decay=1 / (C * len(X)),
-        max_epochs=50,
+        max_epochs=1000,
+        tol=1e-7,
         val_split=0,
         random_state=0,
     ).fit(X, y)

@@ -1,4 +1,4 @@
-"""scikit-learn's own estimator checks on the default estimators."""
+"""scikit-learn's own estimator checks on the default estimators (check_regressors_train too)."""
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -15,15 +15,6 @@ SAMPLE_WEIGHT_EQUIVALENCE = {
 
 
 def expected_failed_checks(estimator):
-    if isinstance(estimator, FoundationRegressor):
-        return {
-            **SAMPLE_WEIGHT_EQUIVALENCE,
-            "check_regressors_train": (
-                "the default budget (30 epochs) is about 150 steps on this 200-sample "
-                "set, too few for an MLP from scratch to reach R^2 > 0.5 (it reaches "
-                "0.2; 0.7 with max_epochs=100)"
-            ),
-        }
     return SAMPLE_WEIGHT_EQUIVALENCE
 
 

@@ -144,7 +144,8 @@ def digit_labels(y):
 def test_multilabel_targets_give_one_sigmoid_per_label(digits, pretrained_encoder):
     X, y = digits
     Y = digit_labels(y)
-    clf = FoundationClassifier(pretrained_encoder, lr=1e-2, random_state=0).fit(X, Y)
+    clf = FoundationClassifier(pretrained_encoder, solver="adamw", lr=1e-2, random_state=0)
+    clf.fit(X, Y)
     assert clf.multilabel_ and list(clf.classes_) == [0, 1, 2]
     proba = clf.predict_proba(X)
     predicted = clf.predict(X)
@@ -161,7 +162,9 @@ def test_multilabel_targets_give_one_sigmoid_per_label(digits, pretrained_encode
 def test_multilabel_validation_data_and_errors(digits):
     X, y = digits
     Y = digit_labels(y)
-    clf = FoundationClassifier(nn.Linear(64, 8), max_epochs=2, val_split=(X[:50], Y[:50]))
+    clf = FoundationClassifier(
+        nn.Linear(64, 8), solver="adamw", max_epochs=2, val_split=(X[:50], Y[:50])
+    )
     assert len(clf.fit(X, Y).history_[:, "valid_accuracy"]) == 2
     with pytest.raises(ValueError, match="y_val has 2 labels; y has 3"):
         clf.set_params(val_split=(X[:50], Y[:50, :2])).fit(X, Y)

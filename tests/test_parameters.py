@@ -129,7 +129,7 @@ def test_fit_and_predict_read_every_parameter(digits):
             lr_schedule="warmup_cosine",
             max_grad_norm=1.0,
             val_split=(X[:20], y[:20]),
-            patience=2,
+            n_iter_no_change=2,
             max_epochs=3,
         ),
         RecordingClassifier(

@@ -51,6 +51,18 @@ def test_the_encoder_is_shared_when_frozen_copied_when_trained_built_when_none(d
     assert isinstance(built, nn.Sequential) and built[1].in_features == 64
 
 
+def test_blocks_are_found_only_where_a_trained_backbone_needs_them(digits):
+    X, y = digits
+    linear = nn.Linear(64, 8)  # no blocks: layer_decay cannot apply to it
+    assert plan(FoundationClassifier(linear, layer_decay=0.5), X, y).blocks is None  # frozen
+    with pytest.raises(ValueError, match="Could not find ordered blocks"):
+        plan(FoundationClassifier(linear, layer_decay=0.5, freeze_backbone=False), X, y)
+    stack = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 8))
+    top_down = FoundationClassifier(stack, unfreeze_at=1, unfreeze_mode="top_down")
+    assert plan(top_down, X, y).blocks == [["0.weight", "0.bias"], ["2.weight", "2.bias"]]
+    assert plan(FoundationClassifier(stack, unfreeze_at=1), X, y).blocks is None
+
+
 def test_a_held_out_fraction_is_rows_of_X(digits):
     X, y = digits
     validation = plan(FoundationClassifier(nn.Linear(64, 8), val_split=0.25), X, y).validation
@@ -84,7 +96,9 @@ def test_weights_have_mean_one_over_the_training_rows_and_carry_to_explicit_vali
 def test_explicit_validation_features_sit_on_the_training_device(digits):
     """The head's validation batches come from a tensor, as the training batches do."""
     X, y = digits
-    clf = FoundationClassifier(nn.Linear(64, 8), val_split=(X[:40], y[:40]), max_epochs=2)
+    clf = FoundationClassifier(
+        nn.Linear(64, 8), solver="adamw", val_split=(X[:40], y[:40]), max_epochs=2
+    )
     clf.fit(X, y)
     valid = clf.net_.train_split.keywords["valid_ds"]
     assert isinstance(valid.X, torch.Tensor) and valid.X.device == clf.device_

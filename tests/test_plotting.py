@@ -18,7 +18,8 @@ matplotlib.use("Agg")
 @pytest.fixture(scope="module")
 def fitted(digits):
     X, y = digits
-    return FoundationClassifier(nn.Linear(64, 16), max_epochs=4, random_state=0).fit(X, y)
+    clf = FoundationClassifier(nn.Linear(64, 16), solver="adamw", max_epochs=4, random_state=0)
+    return clf.fit(X, y)
 
 
 def test_curves_are_the_history_and_the_best_epoch_is_marked(fitted):
@@ -36,7 +37,10 @@ def test_curves_are_the_history_and_the_best_epoch_is_marked(fitted):
 def test_score_follows_scoring_or_the_argument(fitted, digits):
     assert HistoryDisplay.from_estimator(fitted, score="valid_ece").score == "valid_ece"
     X, y = digits
-    by_auc = FoundationClassifier(nn.Linear(64, 16), scoring="roc_auc", max_epochs=2).fit(X, y)
+    by_auc = FoundationClassifier(
+        nn.Linear(64, 16), solver="adamw", scoring="roc_auc", max_epochs=2
+    )
+    by_auc.fit(X, y)
     assert HistoryDisplay.from_estimator(by_auc).score == "valid_roc_auc"
     with pytest.raises(ValueError, match="score='valid_r2' is not in the history"):
         HistoryDisplay.from_estimator(fitted, score="valid_r2")

@@ -41,7 +41,7 @@ def test_grid_search_over_head_and_lr_shares_the_frozen_encoder(digits, pretrain
     X, y = digits
     before = state_of(pretrained_encoder)
     search = GridSearchCV(
-        FoundationClassifier(pretrained_encoder, max_epochs=3, random_state=0),
+        FoundationClassifier(pretrained_encoder, solver="adamw", max_epochs=3, random_state=0),
         {"head": ["linear", "mlp"], "lr": [1e-3, 1e-2]},
         cv=3,
     ).fit(X, y)
@@ -180,9 +180,9 @@ def test_an_unavailable_device_falls_back_to_cpu_with_a_warning(digits):
 
 def test_verbose_prints_the_epoch_table(digits, capsys):
     X, y = digits
-    FoundationClassifier(BatchNormEncoder(), max_epochs=2).fit(X, y)
+    FoundationClassifier(BatchNormEncoder(), solver="adamw", max_epochs=2).fit(X, y)
     assert capsys.readouterr().out == ""
-    FoundationClassifier(BatchNormEncoder(), max_epochs=2, verbose=1).fit(X, y)
+    FoundationClassifier(BatchNormEncoder(), solver="adamw", max_epochs=2, verbose=1).fit(X, y)
     table = capsys.readouterr().out
     assert "train_loss" in table and "valid_accuracy" in table
     assert len([line for line in table.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 2

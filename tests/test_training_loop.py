@@ -112,7 +112,7 @@ def test_plateau_schedule_divides_the_rate_when_the_loss_stalls(digits):
         random_state=0,
     ).fit(X, y)
     # At this rate the loss cannot improve by torch's relative threshold (1e-4):
-    # after the first epoch and three without improvement (patience 2), the rate
+    # after the first epoch and three without improvement (plateau patience 2), the rate
     # is divided by 10, and again three epochs later.
     np.testing.assert_allclose(
         clf.history_[:, "event_lr"], [1e-6] * 4 + [1e-7] * 3 + [1e-8], rtol=1e-6
@@ -202,9 +202,9 @@ def test_restored_weights_are_the_best_epochs_not_the_last(digits):
     assert not np.allclose(last.predict_proba(X), clf.predict_proba(X), atol=1e-3)
 
 
-def test_early_stopping_stops_after_patience_epochs_without_improvement(digits):
+def test_early_stopping_stops_after_n_iter_no_change_epochs_without_improvement(digits):
     X, y = digits[0][:100], digits[1][:100]
-    clf = overfitting_classifier(patience=3, max_epochs=100).fit(X, y)
+    clf = overfitting_classifier(n_iter_no_change=3, max_epochs=100).fit(X, y)
     assert len(clf.history_) == clf.best_epoch_ + 3 < 100
 
 
@@ -230,7 +230,8 @@ def test_regressor_records_scores_on_the_original_scale():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4)).astype(np.float32)
     y = 1000 * X[:, 0] + 5000
-    reg = FoundationRegressor(nn.Identity(), lr=0.05, max_epochs=20, random_state=0).fit(X, y)
+    reg = FoundationRegressor(nn.Identity(), solver="adamw", lr=0.05, max_epochs=20, random_state=0)
+    reg.fit(X, y)
     assert reg.history_[-1, "valid_r2"] > 0.9
     assert 0 < reg.history_[-1, "valid_mae"] < reg.history_[-1, "valid_rmse"] * 1.3
     assert reg.history_[-1, "valid_rmse"] > 1  # thousands scale, not standardised
@@ -281,7 +282,7 @@ def test_verbose_2_shows_progress_bars(digits, capsys):
     "params",
     [
         dict(unfreeze_at=1, unfreeze_mode="top_down", layer_decay=0.8, lr_schedule="warmup_cosine"),
-        dict(lr_schedule="plateau", class_weight="balanced", patience=2, precision="bf16"),
+        dict(lr_schedule="plateau", class_weight="balanced", n_iter_no_change=2, precision="bf16"),
     ],
 )
 def test_fitted_estimators_with_callbacks_pickle(digits, params):

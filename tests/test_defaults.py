@@ -1,0 +1,210 @@
+"""Defaults: the solver chosen by the regime, convergence the scikit-learn way, undefined scores."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from sklearn_finetune import FoundationClassifier, FoundationRegressor
+
+
+def features_of(encoder, X):
+    with torch.no_grad():
+        return encoder(torch.as_tensor(X, dtype=torch.float32)).numpy()
+
+
+@pytest.mark.parametrize(
+    "params, solver",
+    [
+        ({}, "lbfgs"),  # the linear probe
+        ({"batch_norm": True}, "lbfgs"),
+        ({"head": "mlp"}, "adamw"),
+        ({"freeze_backbone": False}, "adamw"),
+        ({"unfreeze_at": 1}, "adamw"),
+        ({"lr_schedule": "cosine"}, "adamw"),
+        ({"pooling": "attention"}, "adamw"),
+        ({"head": nn.Linear(4, 10)}, "adamw"),
+        ({"solver": "sgd"}, "sgd"),
+        ({"solver": "adamw"}, "adamw"),
+    ],
+)
+def test_solver_follows_the_regime(digits, params, solver):
+    X, y = digits
+    encoder = nn.Sequential(nn.Linear(64, 8), nn.Unflatten(1, (2, 4)))  # tokens, for attention
+    clf = FoundationClassifier(encoder, max_epochs=2, **params).fit(X, y)
+    assert clf.solver_ == solver
+    optimizer = clf.net_.optimizer_
+    assert isinstance(optimizer, torch.optim.LBFGS) == (solver == "lbfgs")
+    has_validation = "valid_loss" in clf.history_[-1]
+    assert has_validation == (solver != "lbfgs")  # val_split="auto"
+
+
+def test_default_probe_is_logistic_regression_on_the_features():
+    """At the defaults the probe solves LogisticRegression()'s problem, on all the rows."""
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(30, 64), nn.Tanh())
+    probe = FoundationClassifier(encoder).fit(X, y)
+    reference = LogisticRegression().fit(features_of(encoder, X), y)
+    # Both stop at tol=1e-4 (L-BFGS's gradient rule), from float32 and float64
+    # arithmetic: probabilities agree to a few thousandths, labels all but never differ.
+    expected = reference.predict_proba(features_of(encoder, X))
+    np.testing.assert_allclose(probe.predict_proba(X), expected, atol=5e-3)
+    assert (probe.predict(X) == reference.classes_[expected.argmax(axis=1)]).mean() > 0.995
+    assert probe.solver_ == "lbfgs" and len(probe.history_) == 1
+    assert 0 < probe.n_iter_ < probe.max_epochs
+
+
+def test_default_regression_probe_is_ridge_on_the_features():
+    X, y = load_diabetes(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(10, 32), nn.Tanh())
+    probe = FoundationRegressor(encoder, tol=1e-6).fit(X, y)
+    reference = Ridge().fit(features_of(encoder, X), y)
+    np.testing.assert_allclose(
+        probe.predict(X), reference.predict(features_of(encoder, X)), rtol=1e-3, atol=1e-2
+    )
+
+
+def test_multilabel_probe_penalty_is_one_logistic_regression_per_label(digits):
+    X, y = digits
+    Y = np.stack([y % 2, y >= 5], axis=1).astype(int)
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(64, 16), nn.Tanh())
+    probe = FoundationClassifier(encoder, tol=1e-6).fit(X / 16, Y)
+    features = features_of(encoder, X / 16)
+    for label in range(2):
+        reference = LogisticRegression(tol=1e-8).fit(features, Y[:, label])
+        np.testing.assert_allclose(
+            probe.predict_proba(X / 16)[:, label],
+            reference.predict_proba(features)[:, 1],
+            atol=2e-3,
+        )
+
+
+def test_lbfgs_cap_warns_as_logistic_regression_does(digits):
+    X, y = digits
+    clf = FoundationClassifier(nn.Linear(64, 8), max_epochs=3)
+    with pytest.warns(ConvergenceWarning, match="lbfgs failed to converge within max_epochs=3"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 3
+
+
+def test_n_iter_and_convergence_warning_for_mini_batches(digits):
+    X, y = digits
+    clf = FoundationClassifier(nn.Linear(64, 8), freeze_backbone=False, max_epochs=2)
+    with pytest.warns(ConvergenceWarning, match="max_epochs=2 was reached"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 2 == len(clf.history_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        fixed = clf.set_params(n_iter_no_change=None).fit(X, y)  # a fixed budget: no warning
+    assert fixed.n_iter_ == 2
+
+
+def test_training_stops_after_n_iter_no_change_epochs_without_a_tol_improvement(digits):
+    X, y = digits
+    clf = FoundationClassifier(
+        nn.Linear(64, 8), solver="adamw", lr=0.05, n_iter_no_change=4, tol=0.5, max_epochs=50
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # stopped early: converged
+        clf.fit(X, y)
+    # tol=0.5 in loss units: after the first epochs nothing improves by that much
+    assert clf.n_iter_ < 50 and clf.n_iter_ == len(clf.history_)
+
+
+def test_without_validation_the_training_loss_is_monitored(digits):
+    X, y = digits
+    clf = FoundationClassifier(
+        nn.Linear(64, 8), solver="adamw", val_split=0, n_iter_no_change=2, tol=10.0, max_epochs=20
+    ).fit(X, y)
+    assert clf.n_iter_ == 3  # the first epoch sets the best; two more fail to beat it by 10
+    assert clf.best_epoch_ is None
+
+
+def test_explicit_adamw_trains_as_before(digits):
+    """solver="adamw" with the old defaults' settings: 30 epochs, 20% held out, mini-batches."""
+    X, y = digits
+    clf = FoundationClassifier(
+        nn.Linear(64, 8),
+        solver="adamw",
+        weight_decay=0.0,
+        max_epochs=30,
+        n_iter_no_change=None,
+        val_split=0.2,
+        random_state=0,
+    ).fit(X / 16, y)
+    assert isinstance(clf.net_.optimizer_, torch.optim.AdamW) and clf.n_iter_ == 30
+    assert clf.history_[0, "train_batch_count"] == 10  # 320 rows in batches of 32
+    assert clf.net_.optimizer_.param_groups[0]["weight_decay"] == 0.0
+    assert len(clf.history_[:, "valid_loss"]) == 30
+    assert clf.history_[-1, "train_loss"] < clf.history_[0, "train_loss"]
+
+
+def test_patience_is_deprecated_for_n_iter_no_change(digits):
+    X, y = digits
+    clf = FoundationClassifier(nn.Linear(64, 8), solver="adamw", patience=2, tol=10.0)
+    with pytest.warns(FutureWarning, match="use n_iter_no_change"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 3
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_an_undefined_validation_score_never_ends_training(digits, n_classes):
+    """ROC AUC on a validation set missing a class is NaN: warned once, never counted."""
+    X, y = digits
+    keep = y < n_classes
+    X, y = X[keep], y[keep]
+    X_val, y_val = X[y == 0][:20], y[y == 0][:20]  # one class only
+    clf = FoundationClassifier(
+        nn.Linear(64, 8),
+        solver="adamw",
+        scoring="roc_auc",
+        n_iter_no_change=3,
+        val_split=(X_val, y_val),
+        max_epochs=15,
+    )
+    with pytest.warns(UndefinedMetricWarning, match="valid_roc_auc is nan at epoch 1") as record:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(X, y)
+    assert sum(issubclass(w.category, UndefinedMetricWarning) for w in record) == 1
+    assert np.isnan(clf.history_[:, "valid_roc_auc"]).all()
+    assert clf.n_iter_ == 15  # NaN epochs are not misses: training ran to max_epochs
+    assert clf.best_epoch_ is None
+
+
+def test_a_score_defined_in_some_epochs_only_picks_the_best_defined_epoch(digits):
+    """A NaN epoch between defined ones neither resets nor counts; the best is a defined one."""
+    from sklearn_finetune._callbacks import Convergence
+
+    class History(list):
+        def __getitem__(self, key):
+            row, column = key
+            return list.__getitem__(self, row)[column]
+
+    class Net:
+        history = History()
+        module_ = nn.Linear(1, 1)
+
+    net = Net()
+    watch = Convergence(
+        "valid_roc_auc", lower_is_better=False, tol=0.0, n_iter_no_change=2, restore_best=False
+    )
+    watch.on_train_begin(net)
+    with pytest.warns(UndefinedMetricWarning):
+        for epoch, score in enumerate([0.6, np.nan, 0.7, np.nan, 0.65], start=1):
+            net.history.append({"epoch": epoch, "valid_roc_auc": score})
+            watch.on_epoch_end(net)
+    assert watch.best_epoch_ == 3 and watch.misses_ == 1 and not watch.stopped_early_
