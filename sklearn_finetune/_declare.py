@@ -55,6 +55,17 @@ def parameter(
     return dataclasses.field(default=default, kw_only=kw_only, metadata=metadata)
 
 
+def like(owner: type, name: str, **changes: Any) -> Any:
+    """A field declared as ``owner``'s field ``name``, with ``changes``.
+
+    ``changes`` may replace ``default``, ``constraints``, ``types``, ``doc``
+    or ``kw_only``: how one estimator reuses another's declaration.
+    """
+    field = cast(Any, owner).__dataclass_fields__[name]
+    settings = {"default": field.default, "kw_only": field.kw_only, **field.metadata}
+    return parameter(**{**settings, **changes})
+
+
 def _shown(default: Any) -> str:
     return f'"{default}"' if isinstance(default, str) else repr(default)
 

@@ -18,12 +18,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._cache import feature_cache
-from ._declare import declared
+from ._declare import declared, like
 from ._device import check_precision, resolve_device
 from ._encoder import clone_sharing
 from ._frozen import FrozenEncoding
 from ._inputs import validate_X
-from ._parameters import CacheSetting, shared
+from ._parameters import CacheSetting, EstimatorParameters
 from ._representation import POOLINGS, Pooling, Representation
 
 
@@ -78,15 +78,17 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     (3,)
     """
 
-    encoder: nn.Module = shared(
+    encoder: nn.Module = like(
+        EstimatorParameters,
         "encoder",
         default=dataclasses.MISSING,
         constraints=[nn.Module],
         types="torch.nn.Module",
         doc="The backbone, as for :class:`FoundationClassifier`; never changed.",
     )
-    output_key: str | None = shared("output_key")
-    pooling: Pooling = shared(
+    output_key: str | None = like(EstimatorParameters, "output_key")
+    pooling: Pooling = like(
+        EstimatorParameters,
         "pooling",
         constraints=[StrOptions(set(POOLINGS) - {"attention"}), callable],
         types='{"mean", "max", "cls", "flatten"} or callable',
@@ -97,17 +99,20 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         needs a head and is not available here).
         """,
     )
-    precision: str = shared(
+    precision: str = like(
+        EstimatorParameters,
         "precision",
         doc="""
         ``"bf16"`` and ``"16"`` run the encoder under autocast in bfloat16
         or float16, where the device supports it; the features are float32.
         """,
     )
-    batch_size: int = shared("batch_size", doc="Samples per forward pass.")
-    cache: CacheSetting = shared("cache")
-    device: str | torch.device = shared("device")
-    verbose: int = shared("verbose", doc="``2`` shows a progress bar over the batches.")
+    batch_size: int = like(EstimatorParameters, "batch_size", doc="Samples per forward pass.")
+    cache: CacheSetting = like(EstimatorParameters, "cache")
+    device: str | torch.device = like(EstimatorParameters, "device")
+    verbose: int = like(
+        EstimatorParameters, "verbose", doc="``2`` shows a progress bar over the batches."
+    )
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None) -> FoundationEmbedder:

@@ -2,7 +2,7 @@
 
 The classifier and the regressor add their own fields to
 :class:`EstimatorParameters`; :class:`FoundationEmbedder` reuses some of
-its declarations through :func:`shared`.
+its declarations through :func:`._declare.like`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Any
 
 import numpy as np
 import torch
@@ -135,24 +134,20 @@ class EstimatorParameters:
         constraints=[StrOptions({"auto", *SOLVERS}), callable],
         types='{"auto", "adamw", "adam", "sgd", "lbfgs"} or callable',
         doc="""
-        The optimizer. ``"auto"`` (see the table in the training docs):
+        The optimizer; ``solver_`` is the one that ran. ``"auto"``:
         ``"lbfgs"`` for a linear probe (frozen backbone, linear head, no
-        attention pooling, no ``lr_schedule``, no ``precision="16"``), which
-        then solves ``LogisticRegression()``'s problem (``Ridge()``'s for
-        the regressor); ``"adamw"`` wherever the backbone or an MLP head
-        trains; the choice is ``solver_``. ``"adamw"``, ``"adam"`` and
-        ``"sgd"`` (with ``momentum``) take mini-batches of ``batch_size`` at
-        ``lr`` for the head and ``lr * backbone_lr_mult`` for a trained
-        backbone. A torch optimizer class, or a ``functools.partial`` of one
-        for more arguments, is called with the parameter groups, ``lr`` and,
-        when not 0, ``weight_decay``. ``"lbfgs"``, for a frozen backbone
-        only: full-batch L-BFGS with a strong-Wolfe line search on all the
-        cached features at once, the solver ``LogisticRegression`` uses, in
-        one run of at most ``max_epochs`` iterations that stops when the
-        largest gradient entry is below ``tol`` (``history_`` has one row);
-        ``weight_decay`` is an L2 penalty ``weight_decay / 2 * ||W||^2`` on
-        the head's weight matrices added to the mean loss, and ``lr``,
-        ``batch_size``, ``lr_schedule`` and ``precision="16"`` do not apply.
+        attention pooling, ``lr_schedule`` or ``precision="16"``), which then
+        solves ``LogisticRegression()``'s problem (``Ridge()``'s for the
+        regressor); ``"adamw"`` wherever the backbone or an MLP head trains.
+        ``"adamw"``, ``"adam"`` and ``"sgd"`` (with ``momentum``) take
+        mini-batches of ``batch_size`` at ``lr`` for the head and ``lr *
+        backbone_lr_mult`` for a trained backbone; a torch optimizer class
+        (or a ``functools.partial`` of one) is called with the parameter
+        groups, ``lr`` and, when not 0, ``weight_decay``. ``"lbfgs"``, for a
+        frozen backbone only: full-batch L-BFGS on the cached features, as
+        ``LogisticRegression``, in one run (one ``history_`` row) of at most
+        ``max_epochs`` iterations that stops once no gradient entry exceeds
+        ``tol``; ``lr``, ``lr_schedule`` and ``precision="16"`` do not apply.
         """,
     )
     lr: float = parameter(
@@ -193,17 +188,14 @@ class EstimatorParameters:
         constraints=[Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         types='float or "auto"',
         doc="""
-        For mini-batch solvers, the optimizer's weight decay for all groups
-        (decoupled for AdamW); ``"auto"`` is 0. For ``solver="lbfgs"``, the
-        strength of an L2 penalty ``weight_decay / 2 * ||W||^2`` added to the
-        mean loss; ``"auto"`` is the penalty of ``LogisticRegression(C=1.0)``
-        (``Ridge(alpha=1.0)`` for the regressor) on the training rows:
-        ``1 / n_train`` for more than two classes, ``2 / n_train`` for two
-        (the softmax's two weight vectors share the one of
-        ``LogisticRegression``), ``1 / (n_train * n_labels)`` for multilabel
-        y and ``2 / (n_train * n_targets)`` for the regressor. In general
-        ``LogisticRegression``'s ``C`` is ``1 / (weight_decay * n_train)``
-        (twice that for two classes).
+        Mini-batch solvers: the optimizer's weight decay (decoupled for
+        AdamW); ``"auto"`` is 0. ``solver="lbfgs"``: an L2 penalty
+        ``weight_decay / 2 * ||W||^2`` on the head's weight matrices added to
+        the mean loss, ``LogisticRegression``'s ``C = 1 / (weight_decay *
+        n_train)`` (twice that for two classes); ``"auto"`` is ``C=1.0`` (the
+        regressor: ``Ridge(alpha=1.0)``), i.e. ``1 / n_train``, ``2 /
+        n_train`` for two classes, ``1 / (n_train * n_labels)`` for
+        multilabel y, ``2 / (n_train * n_targets)`` for the regressor.
         """,
     )
     momentum: float = parameter(
@@ -453,14 +445,3 @@ class EstimatorParameters:
         epoch.
         """,
     )
-
-
-def shared(name: str, **changes: Any) -> Any:
-    """A field declared as :class:`EstimatorParameters`' ``name``, with ``changes``.
-
-    ``changes`` may replace ``default``, ``constraints``, ``types``, ``doc``
-    or ``kw_only``.
-    """
-    field = EstimatorParameters.__dataclass_fields__[name]
-    settings = {"default": field.default, "kw_only": field.kw_only, **field.metadata}
-    return parameter(**{**settings, **changes})
