@@ -13,15 +13,21 @@ seen, five estimators are scored with 5-fold ``cross_val_score``:
 * the same CNN trained from scratch,
 * a linear probe on the same CNN with random weights (the usual baseline).
 
-Run it with ``python examples/quickstart.py`` (about a minute on two cores).
+Run it with ``python examples/quickstart.py`` (about two minutes on two
+cores). At commit c44b438: probe 0.910, embedder + ``LogisticRegression``
+0.906 (``max_iter=1000``: at its default 100 iterations it stops short on
+these features, with a warning), AdamW probe 0.792, full fine-tune 0.977,
+from scratch 0.967, probe of the random CNN 0.384.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -43,6 +49,9 @@ def make_encoder() -> nn.Module:
 
 
 def main() -> None:
+    # The AdamW probe reaches max_epochs on these 700 rows (one ConvergenceWarning
+    # per fold); the table shows its score.
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)
     torch.manual_seed(0)  # the encoders built here; each fit is seeded by random_state
     X, y = load_digits(return_X_y=True)
     images = (X / 16.0).reshape(-1, 1, 8, 8)
@@ -60,7 +69,7 @@ def main() -> None:
     candidates = {
         "linear probe, pretrained": FoundationClassifier(pretrained, random_state=0),
         "embedder + LogisticRegression": make_pipeline(
-            FoundationEmbedder(pretrained), LogisticRegression()
+            FoundationEmbedder(pretrained), LogisticRegression(max_iter=1000)
         ),
         "linear probe, AdamW": FoundationClassifier(pretrained, solver="adamw", random_state=0),
         "full fine-tune, pretrained": FoundationClassifier(
