@@ -65,6 +65,7 @@ import numpy as np
 import sklearn
 import skorch
 import torch
+from frozen_backbone import cpu_name  # this folder: run as python benchmarks/defaults.py
 from sklearn.base import clone
 from sklearn.datasets import (
     load_breast_cancer,
@@ -175,15 +176,6 @@ def capped(args: argparse.Namespace, name: str = "max_epochs") -> dict[str, int]
 
 def last_step(model: Any) -> Any:
     return model.steps[-1][1] if hasattr(model, "steps") else model
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:
