@@ -84,7 +84,9 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     >>> from sklearn_finetune import FoundationClassifier
     >>> X, y = load_digits(return_X_y=True)
     >>> encoder = nn.Sequential(nn.Linear(64, 32), nn.ReLU())  # a pretrained one in practice
-    >>> clf = FoundationClassifier(encoder, max_epochs=5, random_state=0).fit(X, y)
+    >>> clf = FoundationClassifier(encoder, random_state=0).fit(X / 16, y)  # a linear probe
+    >>> clf.solver_  # LogisticRegression()'s problem, solved by L-BFGS
+    'lbfgs'
     >>> clf.predict_proba(X[:2]).shape
     (2, 10)
     >>> clf.predict(X[:2]).shape
@@ -172,6 +174,9 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
                     f"{self.classes_.tolist()}."
                 )
         return compute_class_weight(self.class_weight, classes=self.classes_, y=self.classes_[y])
+
+    def _n_loss_terms(self) -> int:
+        return len(self.classes_) if self.multilabel_ else 1
 
     def _lbfgs_penalty(self, n_train: int) -> float:
         """``LogisticRegression(C=1)``'s penalty ``||W||^2 / (2 n)`` on this head's mean loss.

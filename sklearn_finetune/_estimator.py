@@ -97,6 +97,15 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         """Which validation scores apply: a key of ``SCORES``."""
         raise NotImplementedError
 
+    def _n_loss_terms(self) -> int:
+        """Labels or targets the loss is averaged over (1 for single-label classes).
+
+        L-BFGS's gradient tolerance is divided by it, so that each label or
+        target is solved to ``tol``, as one ``LogisticRegression`` or
+        ``Ridge`` per label would be.
+        """
+        return 1
+
     def _lbfgs_penalty(self, n_train: int) -> float:
         """``weight_decay="auto"`` for L-BFGS: ``LogisticRegression``'s or ``Ridge``'s penalty."""
         raise NotImplementedError
@@ -276,10 +285,12 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                     "Increase max_epochs, or scale the data (e.g. batch_norm=True, which "
                     "standardises the features as StandardScaler would).",
                     ConvergenceWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             return
         if plan.n_iter_no_change is None or convergence is None or convergence.stopped_early_:
+            return
+        if convergence.best_epoch_ is None:  # never defined: UndefinedMetricWarning said so
             return
         warnings.warn(
             f"max_epochs={self.max_epochs} was reached and {convergence.monitor} was still "
@@ -288,7 +299,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             "set n_iter_no_change=None to train a fixed number of epochs without this "
             "warning.",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
     def _net_predict(self, method: str, X: Any) -> np.ndarray:

@@ -93,7 +93,11 @@ def build_head(
     if kind == "linear":
         linear = nn.Linear(in_features, out_features)
         return (
-            nn.Sequential(nn.BatchNorm1d(in_features, affine=False), linear)
+            # momentum=None: the running statistics are the average over every
+            # batch seen, which for fixed inputs (cached features) is their
+            # exact mean and variance, after one full batch (L-BFGS) as after
+            # an epoch of mini-batches.
+            nn.Sequential(nn.BatchNorm1d(in_features, affine=False, momentum=None), linear)
             if batch_norm
             else linear
         )

@@ -189,7 +189,7 @@ def build_net(
         batch_size=estimator.batch_size,
         n_train=plan.n_train,
         max_epochs=estimator.max_epochs,
-        tol=estimator.tol,
+        tol=estimator.tol / estimator._n_loss_terms(),
     )
     drop_last = solver.get("iterator_train__drop_last", False)
     steps = steps_per_epoch(plan.n_train, estimator.batch_size, drop_last)

@@ -154,7 +154,11 @@ class EstimatorParameters:
         default=1e-3,
         constraints=[Interval(Real, 0, None, closed="neither")],
         types="float",
-        doc="Learning rate of the head.",
+        doc="""
+        Learning rate of the head (mini-batch solvers; the L-BFGS probe,
+        ``solver_="lbfgs"``, takes its steps by line search and does not use
+        it: search ``weight_decay`` there).
+        """,
     )
     backbone_lr_mult: float = parameter(
         default=0.1,
@@ -341,7 +345,8 @@ class EstimatorParameters:
         types='int, None or "deprecated"',
         doc="""
         Deprecated in 0.2, removed in 0.3: use ``n_iter_no_change`` (and
-        ``tol``), which it sets when given, with a ``FutureWarning``.
+        ``tol``). When given, it takes the place of ``n_iter_no_change``,
+        with a ``FutureWarning``.
         """,
     )
     restore_best_weights: bool = parameter(

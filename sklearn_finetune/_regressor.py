@@ -58,7 +58,9 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     >>> from sklearn.datasets import load_diabetes
     >>> from sklearn_finetune import FoundationRegressor
     >>> X, y = load_diabetes(return_X_y=True)
-    >>> reg = FoundationRegressor(max_epochs=5, random_state=0).fit(X, y)
+    >>> reg = FoundationRegressor(random_state=0).fit(X, y)  # an MLP from scratch
+    >>> reg.solver_, reg.n_iter_ <= reg.max_epochs
+    ('adamw', True)
     >>> reg.predict(X[:3]).shape
     (3,)
     """
@@ -99,6 +101,9 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
         if y2d.shape[1] != self.n_outputs_:
             raise ValueError(f"y_val has {y2d.shape[1]} target(s); y has {self.n_outputs_}.")
         return ((y2d - self.target_mean_) / self.target_scale_).astype(np.float32)
+
+    def _n_loss_terms(self) -> int:
+        return self.n_outputs_
 
     def _lbfgs_penalty(self, n_train: int) -> float:
         """``Ridge(alpha=1)``'s penalty on this head's loss.
