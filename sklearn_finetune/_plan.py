@@ -284,7 +284,7 @@ def _n_iter_no_change(estimator: FoundationEstimator) -> int | None:
         "patience was deprecated in 0.2 and will be removed in 0.3; use n_iter_no_change "
         f"(and tol) instead: n_iter_no_change={estimator.patience!r} is used now.",
         FutureWarning,
-        stacklevel=4,
+        stacklevel=5,  # _n_iter_no_change, plan_fit, fit, scikit-learn's wrapper, the caller
     )
     return cast(int | None, estimator.patience)
 
