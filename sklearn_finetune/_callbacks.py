@@ -60,7 +60,7 @@ def estimator_callbacks(estimator: FoundationEstimator, plan: FitPlan, steps: in
     if estimator.lr_schedule is not None:
         schedule = schedule_callback(
             estimator.lr_schedule,
-            max_epochs=estimator.max_epochs,
+            max_epochs=plan.max_epochs,
             steps=steps,
             warmup_epochs=estimator.warmup_epochs,
             monitor="valid_loss" if has_validation else "train_loss",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from inspect import signature
 from numbers import Real
 from typing import Any
 
@@ -18,6 +19,11 @@ from torch import nn
 from ._declare import declared, parameter
 from ._estimator import FoundationEstimator
 from ._losses import SigmoidCrossEntropy, SoftmaxCrossEntropy
+from ._plan import FitPlan
+from ._probe_solver import LinearSolver, LogisticRegressionSolver
+
+#: scikit-learn >= 1.7: ``class_weight="balanced"`` counts classes by sample weight.
+_WEIGHTED_CLASS_COUNTS = "sample_weight" in signature(compute_class_weight).parameters
 
 
 def _as_labels(y: Any) -> np.ndarray:
@@ -163,7 +169,14 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
             raise ValueError(f"y_val has labels not seen in y: {sorted(set(y[~known].tolist()))}.")
         return encoded.astype(np.int64)
 
-    def _class_weight_vector(self, y: np.ndarray) -> np.ndarray | None:
+    def _class_weight_vector(
+        self, y: np.ndarray, sample_weight: np.ndarray | None
+    ) -> np.ndarray | None:
+        """``class_weight`` per class; ``"balanced"`` counts the classes by sample weight.
+
+        As ``LogisticRegression`` does where scikit-learn's ``compute_class_weight``
+        takes ``sample_weight`` (1.7 and later); by rows on earlier releases.
+        """
         if self.class_weight is None:
             return None
         if isinstance(self.class_weight, dict):
@@ -173,13 +186,18 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
                     f"class_weight has labels that are not in y: {unknown}; y's classes are "
                     f"{self.classes_.tolist()}."
                 )
-        return compute_class_weight(self.class_weight, classes=self.classes_, y=self.classes_[y])
+        weighted = {"sample_weight": sample_weight} if _WEIGHTED_CLASS_COUNTS else {}
+        return compute_class_weight(
+            self.class_weight, classes=self.classes_, y=self.classes_[y], **weighted
+        )
 
     def _n_loss_terms(self) -> int:
         return len(self.classes_) if self.multilabel_ else 1
 
-    def _lbfgs_penalty(self, n_train: int) -> float:
+    def _lbfgs_penalty(self, total_weight: float) -> float:
         """``LogisticRegression(C=1)``'s penalty ``||W||^2 / (2 n)`` on this head's mean loss.
+
+        ``n`` is the training rows' total weight.
 
         Two classes: the softmax's two weight vectors ``(w/2, -w/2)`` carry
         ``LogisticRegression``'s one ``w`` at half its squared norm, so the
@@ -187,11 +205,32 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
         so the penalty shrinks by their number.
         """
         if self.multilabel_:
-            return 1.0 / (n_train * len(self.classes_))
-        return (2.0 if len(self.classes_) == 2 else 1.0) / n_train
+            return 1.0 / (total_weight * len(self.classes_))
+        return (2.0 if len(self.classes_) == 2 else 1.0) / total_weight
 
     def _n_outputs(self) -> int:
         return len(self.classes_)
+
+    def _linear_solver(self, plan: FitPlan) -> LinearSolver | None:
+        """``LogisticRegression`` itself, where the L-BFGS probe's objective is exactly its own.
+
+        That is: single-label classes, no label smoothing, a penalty, float32
+        on CPU (scikit-learn computes on NumPy arrays); the net applies it
+        only to a head that is one ``nn.Linear``.
+        """
+        exact = (
+            plan.solver == "lbfgs"
+            and plan.weight_decay > 0
+            and plan.device.type == "cpu"
+            and self.precision == "32"
+            and not self.multilabel_
+            and self.label_smoothing == 0
+        )
+        if not exact:
+            return None
+        return LogisticRegressionSolver(
+            penalty=plan.weight_decay, tol=self.tol, max_iter=plan.max_epochs
+        )
 
     def _stratify(self, y: np.ndarray, n_val: int) -> np.ndarray | None:
         if self.multilabel_:

@@ -72,6 +72,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
+def seed_torch(seed: int, device: torch.device) -> None:
+    """Seed torch's CPU generator and ``device``'s own, and no other device's.
+
+    ``torch.manual_seed`` would also seed every CUDA device, changing random
+    states that a fit on the CPU (whose ``fork_rng`` restores only the CPU's)
+    leaves to the user.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a mixed precision the device cannot run, before training starts.
 

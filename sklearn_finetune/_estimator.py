@@ -30,6 +30,7 @@ from ._net import FoundationNet, build_net
 from ._optimization import backbone_groups
 from ._parameters import EstimatorParameters
 from ._plan import FitPlan, check_lengths, plan_fit
+from ._probe_solver import LinearSolver
 from ._representation import Representation
 
 #: The attributes every fitted estimator has, filled in for
@@ -106,11 +107,23 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         """
         return 1
 
-    def _lbfgs_penalty(self, n_train: int) -> float:
-        """``weight_decay="auto"`` for L-BFGS: ``LogisticRegression``'s or ``Ridge``'s penalty."""
+    def _lbfgs_penalty(self, total_weight: float) -> float:
+        """``weight_decay="auto"`` for L-BFGS: ``LogisticRegression``'s or ``Ridge``'s penalty.
+
+        ``total_weight`` is the sum of the training rows' weights (sample
+        weights times class weights; their number when unweighted): the
+        penalty that scikit-learn's objective, a weighted sum of losses,
+        puts on the head's weighted mean loss.
+        """
         raise NotImplementedError
 
-    def _class_weight_vector(self, y: np.ndarray) -> np.ndarray | None:
+    def _linear_solver(self, plan: FitPlan) -> LinearSolver | None:
+        """scikit-learn's solver for the plain linear probe's objective (None: torch's L-BFGS)."""
+        return None
+
+    def _class_weight_vector(
+        self, y: np.ndarray, sample_weight: np.ndarray | None
+    ) -> np.ndarray | None:
         """The weight of each class from ``class_weight`` and fit's encoded y (None: no weights)."""
         return None
 
@@ -187,6 +200,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             iterator_train=feature_batches,
             iterator_valid=feature_batches,
             iterator_valid__batch_size=FEATURE_BATCH_SIZE,
+            linear_solver=self._linear_solver(plan),
         )
         with torch_threads(HEAD_THREADS, plan.device):
             net.fit(features, targets)
@@ -278,9 +292,9 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
     def _warn_if_not_converged(self, plan: FitPlan, convergence: Any) -> None:
         """A ``ConvergenceWarning`` when ``max_epochs`` ended training, as scikit-learn's."""
         if plan.solver == "lbfgs":
-            if self.n_iter_ >= self.max_epochs:
+            if self.n_iter_ >= plan.max_epochs:
                 warnings.warn(
-                    f"lbfgs failed to converge within max_epochs={self.max_epochs} "
+                    f"lbfgs failed to converge within max_epochs={plan.max_epochs} "
                     f"iterations (largest gradient entry still above tol={self.tol}). "
                     "Increase max_epochs, or scale the data (e.g. batch_norm=True, which "
                     "standardises the features as StandardScaler would).",
@@ -293,7 +307,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         if convergence.best_epoch_ is None:  # never defined: UndefinedMetricWarning said so
             return
         warnings.warn(
-            f"max_epochs={self.max_epochs} was reached and {convergence.monitor} was still "
+            f"max_epochs={plan.max_epochs} was reached and {convergence.monitor} was still "
             f"improving by more than tol={self.tol} within the last "
             f"n_iter_no_change={plan.n_iter_no_change} epochs. Increase max_epochs, or "
             "set n_iter_no_change=None to train a fixed number of epochs without this "

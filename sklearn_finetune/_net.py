@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from skorch import NeuralNet
-from skorch.utils import TeeGenerator, to_tensor
+from skorch.utils import TeeGenerator, to_device, to_tensor
 from torch import nn
 
 from ._callbacks import estimator_callbacks
 from ._device import autocast
 from ._module import FoundationModule
 from ._optimization import solver_settings, steps_per_epoch
+from ._probe_solver import LinearSolver
 
 if TYPE_CHECKING:
     from ._estimator import FoundationEstimator
@@ -39,6 +40,9 @@ class FoundationNet(NeuralNet):
       matrices (not the biases) to the training loss, for optimizers
       without a weight decay of their own, such as L-BFGS.
     * ``max_grad_norm`` clips the gradients' global norm before each step.
+    * ``linear_solver`` (with L-BFGS, on a head that is one ``nn.Linear``)
+      solves the epoch's one full batch with scikit-learn instead of
+      ``torch.optim.LBFGS`` (see ``_probe_solver``).
     * ``precision`` runs the forward pass under autocast (``"bf16"`` or
       ``"16"``); ``"16"`` scales the loss with a ``GradScaler`` so that small
       float16 gradients do not underflow.
@@ -50,18 +54,34 @@ class FoundationNet(NeuralNet):
         l2_penalty: float = 0.0,
         max_grad_norm: float | None = None,
         precision: str = "32",
+        linear_solver: LinearSolver | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.l2_penalty = l2_penalty
         self.max_grad_norm = max_grad_norm
         self.precision = precision
+        self.linear_solver = linear_solver
 
     def initialize(self) -> FoundationNet:
         super().initialize()
         device_type = torch.device(self.device).type
         self.grad_scaler_ = torch.amp.GradScaler(device_type) if self.precision == "16" else None
+        self.solver_iterations_: int | None = None
         return self
+
+    def initialize_optimizer(self, *args: Any, **kwargs: Any) -> FoundationNet:
+        """skorch's optimizer, or None while ``linear_solver`` may solve the head without one.
+
+        Building a torch optimizer imports ``torch._dynamo`` (over a second,
+        once per process), which a probe solved by scikit-learn never needs;
+        ``train_step`` builds the optimizer if the solver declines.
+        """
+        if self.linear_solver is not None and type(self.module_) is nn.Linear:
+            self._register_attribute("optimizer_", None)  # as skorch does on seeing an optimizer
+            self.optimizer_ = None
+            return self
+        return super().initialize_optimizer(*args, **kwargs)
 
     def check_data(self, X: Any, y: Any) -> None:
         """Nothing to check: the estimator validated X and y before building the net."""
@@ -84,6 +104,17 @@ class FoundationNet(NeuralNet):
             settings = tuple(sorted((k, v) for k, v in group.items() if k != "params"))
             merged.setdefault(settings, {**group, "params": []})["params"].extend(group["params"])
         return (list(merged.values()),), kwargs
+
+    def forward_iter(
+        self, X: Any, training: bool = False, device: str | torch.device = "cpu"
+    ) -> Iterator[torch.Tensor]:
+        """skorch's, with a tensor X (cached features) sliced into batches, no loader between."""
+        if not isinstance(X, torch.Tensor):
+            yield from super().forward_iter(X, training=training, device=device)
+            return
+        batch_size = self.get_params_for("iterator_valid").get("batch_size", self.batch_size)
+        for batch in X.split(batch_size if batch_size > 0 else max(len(X), 1)):
+            yield to_device(self.evaluation_step((batch, None), training=training), device)
 
     def infer(self, x: Any, **fit_params: Any) -> torch.Tensor:
         with autocast(torch.device(self.device), self.precision):
@@ -113,7 +144,9 @@ class FoundationNet(NeuralNet):
 
     @property
     def lbfgs_iterations_(self) -> int:
-        """The iterations L-BFGS has run (0 for other optimizers)."""
+        """The iterations L-BFGS has run, scikit-learn's or torch's (0 for other optimizers)."""
+        if self.solver_iterations_ is not None:
+            return self.solver_iterations_
         if not isinstance(self.optimizer_, torch.optim.LBFGS):
             return 0
         state: dict[str, Any] = next(iter(self.optimizer_.state.values()), {})
@@ -122,15 +155,23 @@ class FoundationNet(NeuralNet):
     def train_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
         """One optimizer step: L-BFGS through skorch's closure, other optimizers directly.
 
-        L-BFGS evaluates the loss many times in one step; the step's loss is
-        the objective at the weights it ends with (skorch would report the
-        first evaluation's). Gradients are unscaled (``precision="16"``) and
-        clipped before the ``on_grad_computed`` callbacks see them and the
-        optimizer steps.
+        A plain linear head is first offered to ``linear_solver`` (see
+        ``initialize_optimizer``); if it declines, torch's L-BFGS runs. L-BFGS
+        evaluates the loss many times in one step; the step's loss is the
+        objective at the weights it ends with (skorch would report the first
+        evaluation's). Gradients are unscaled (``precision="16"``) and clipped
+        before the ``on_grad_computed`` callbacks see them and the optimizer
+        steps.
         """
-        if isinstance(self.optimizer_, torch.optim.LBFGS):
-            super().train_step(batch, **fit_params)
-            Xi, yi = batch
+        Xi, yi = batch
+        if self.optimizer_ is None:
+            target, weight = to_tensor(yi, device=self.device)
+            self.solver_iterations_ = self.linear_solver(self.module_, Xi, target, weight)
+            if self.solver_iterations_ is None:
+                super().initialize_optimizer()
+        if self.optimizer_ is None or isinstance(self.optimizer_, torch.optim.LBFGS):
+            if self.optimizer_ is not None:
+                super().train_step(batch, **fit_params)
             with torch.no_grad():
                 y_pred = self.infer(Xi, **fit_params)
                 loss = self.get_loss(y_pred, yi, X=Xi, training=True)
@@ -188,7 +229,7 @@ def build_net(
         momentum=estimator.momentum,
         batch_size=estimator.batch_size,
         n_train=plan.n_train,
-        max_epochs=estimator.max_epochs,
+        max_epochs=plan.max_epochs,
         tol=estimator.tol / estimator._n_loss_terms(),
     )
     drop_last = solver.get("iterator_train__drop_last", False)
@@ -205,4 +246,6 @@ def build_net(
         verbose=estimator.verbose,
         **solver,
     )
+    if not estimator.verbose:  # PrintLog formats a table each epoch even when it prints nothing
+        defaults["callbacks__print_log"] = None
     return FoundationNet(**{**defaults, **settings})

@@ -252,15 +252,18 @@ class EstimatorParameters:
         float32.
         """,
     )
-    max_epochs: int = parameter(
-        default=200,
-        constraints=[Interval(Integral, 1, None, closed="left")],
-        types="int",
+    max_epochs: int | str = parameter(
+        default="auto",
+        constraints=[Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        types='int or "auto"',
         doc="""
         The most passes over the training data (for ``solver="lbfgs"``, the
         most L-BFGS iterations, as ``LogisticRegression``'s ``max_iter``).
-        Training usually ends earlier (see ``n_iter_no_change``); when it
-        ends here instead, a ``ConvergenceWarning`` says so.
+        ``"auto"``: the cap of the scikit-learn estimator the solver stands
+        in for, 100 for the L-BFGS probe (``LogisticRegression``) and 200
+        for mini-batch solvers (``MLPClassifier``). Training usually ends
+        earlier (see ``tol``); when it ends here instead, a
+        ``ConvergenceWarning`` says so.
         """,
     )
     tol: float = parameter(

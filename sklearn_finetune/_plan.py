@@ -26,7 +26,7 @@ from torch.utils.data import Subset
 
 from ._blocks import backbone_blocks
 from ._cache import FeatureCache, feature_cache
-from ._device import check_precision
+from ._device import check_precision, seed_torch
 from ._encoder import mlp_backbone, prepare_encoder
 from ._inputs import ModelInput, n_samples
 from ._metrics import SCORES
@@ -43,6 +43,10 @@ Regime = Literal["frozen", "fine_tune", "gradual_unfreezing"]
 
 #: ``val_split="auto"`` for mini-batch solvers: ``MLPClassifier``'s ``validation_fraction``.
 AUTO_VALIDATION_FRACTION = 0.1
+
+#: ``max_epochs="auto"``: ``LogisticRegression``'s ``max_iter`` for the L-BFGS
+#: probe, ``MLPClassifier``'s for mini-batch solvers.
+AUTO_MAX_EPOCHS = {"lbfgs": 100, "mini-batch": 200}
 
 #: Training targets and per-sample loss weights.
 Targets = tuple[np.ndarray, np.ndarray]
@@ -179,6 +183,9 @@ class FitPlan:
         The optimizer, ``solver="auto"`` resolved (see :func:`solver_of`).
     weight_decay : float
         ``weight_decay="auto"`` resolved for this solver and training set.
+    max_epochs : int
+        ``max_epochs="auto"`` resolved for this solver (see
+        :data:`AUTO_MAX_EPOCHS`).
     n_iter_no_change : int or None
         Epochs without improvement that stop training (``patience`` mapped).
     """
@@ -186,6 +193,7 @@ class FitPlan:
     regime: Regime
     solver: Solver
     weight_decay: float
+    max_epochs: int
     n_iter_no_change: int | None
     encoder: nn.Module
     representation: Representation
@@ -241,15 +249,20 @@ def plan_fit(
     if val_split == "auto":
         val_split = 0 if solver == "lbfgs" else AUTO_VALIDATION_FRACTION
     train, rows, data = _split(estimator, val_split, X, y, rng)
-    _check_settings(estimator, regime, solver)
-    targets, validation = _weighted(estimator, y, sample_weight, train, rows, data)
+    max_epochs = estimator.max_epochs
+    if max_epochs == "auto":
+        max_epochs = AUTO_MAX_EPOCHS["lbfgs" if solver == "lbfgs" else "mini-batch"]
+    _check_settings(estimator, regime, solver, max_epochs)
+    targets, validation, mean_weight = _weighted(estimator, y, sample_weight, train, rows, data)
     n_train = len(y) if train is None else len(train)
     if estimator.weight_decay != "auto":
         weight_decay = float(estimator.weight_decay)
+    elif solver == "lbfgs":
+        weight_decay = estimator._lbfgs_penalty(n_train * mean_weight)
     else:
-        weight_decay = estimator._lbfgs_penalty(n_train) if solver == "lbfgs" else 0.0
+        weight_decay = 0.0
     check_precision(estimator.precision, device)
-    torch.manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+    seed_torch(int(rng.randint(np.iinfo(np.int32).max)), device)
     encoder: nn.Module
     if estimator.encoder is None:
         encoder = mlp_backbone(estimator.input_shape_).to(device)
@@ -265,6 +278,7 @@ def plan_fit(
         regime=regime,
         solver=solver,
         weight_decay=weight_decay,
+        max_epochs=max_epochs,
         n_iter_no_change=_n_iter_no_change(estimator),
         encoder=encoder,
         representation=Representation(estimator.output_key, estimator.pooling),
@@ -289,7 +303,9 @@ def _n_iter_no_change(estimator: FoundationEstimator) -> int | None:
     return cast(int | None, estimator.patience)
 
 
-def _check_settings(estimator: FoundationEstimator, regime: Regime, solver: Solver) -> None:
+def _check_settings(
+    estimator: FoundationEstimator, regime: Regime, solver: Solver, max_epochs: int
+) -> None:
     """Refuse combinations of parameters that cannot work, before any encoding."""
     if solver == "lbfgs":
         if regime != "frozen":
@@ -310,14 +326,11 @@ def _check_settings(estimator: FoundationEstimator, regime: Regime, solver: Solv
                 "work on a scaled float16 loss. Use precision='bf16' or '32'."
             )
     unfreeze_at = estimator.unfreeze_at
-    if (
-        regime == "gradual_unfreezing"
-        and unfreeze_at is not None
-        and unfreeze_at >= estimator.max_epochs
-    ):
+    if regime == "gradual_unfreezing" and unfreeze_at is not None and unfreeze_at >= max_epochs:
         raise ValueError(
-            f"unfreeze_at={unfreeze_at} is not below max_epochs="
-            f"{estimator.max_epochs}: the backbone would never train. Use unfreeze_at=None "
+            f"unfreeze_at={unfreeze_at} is not below max_epochs={max_epochs}"
+            f"{' (auto)' if estimator.max_epochs == 'auto' else ''}: the backbone would "
+            "never train. Use unfreeze_at=None "
             "for a frozen backbone."
         )
     task = estimator._task()
@@ -378,19 +391,22 @@ def _weighted(
     train: np.ndarray | None,
     rows: np.ndarray | None,
     data: tuple[ModelInput, np.ndarray] | None,
-) -> tuple[Targets, Validation]:
-    """The loss weight of every row of X, and of an explicit validation set.
+) -> tuple[Targets, Validation, float]:
+    """The loss weight of every row of X, of an explicit validation set, and their scale.
 
     ``sample_weight`` times ``class_weight``'s, scaled to mean 1 over the
     training rows, so that the learning rate means the same with or
-    without weights.
+    without weights; the scale (the raw weights' mean over the training
+    rows) is returned too, for the penalty of ``weight_decay="auto"``.
     """
-    per_class = estimator._class_weight_vector(y)
-    weights = np.ones(len(y)) if per_class is None else per_class[y]
     if sample_weight is not None:
-        weights = weights * _check_sample_weight(
+        sample_weight = _check_sample_weight(
             sample_weight, np.empty(len(y)), dtype=np.float64, ensure_non_negative=True
         )
+    per_class = estimator._class_weight_vector(y, sample_weight)
+    weights = np.ones(len(y)) if per_class is None else per_class[y]
+    if sample_weight is not None:
+        weights = weights * sample_weight
     scale = weights.mean() if train is None else weights[train].mean()
     if not scale > 0:
         raise ValueError(
@@ -399,7 +415,8 @@ def _weighted(
         )
     targets = (y, (weights / scale).astype(np.float32))
     if data is None:
-        return targets, Validation(train=train, rows=rows)
+        return targets, Validation(train=train, rows=rows), float(scale)
     X_val, y_val = data
     val_weights = np.ones(len(y_val)) if per_class is None else per_class[y_val]
-    return targets, Validation(data=(X_val, y_val, (val_weights / scale).astype(np.float32)))
+    validation = Validation(data=(X_val, y_val, (val_weights / scale).astype(np.float32)))
+    return targets, validation, float(scale)

@@ -59,7 +59,7 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     >>> from sklearn_finetune import FoundationRegressor
     >>> X, y = load_diabetes(return_X_y=True)
     >>> reg = FoundationRegressor(random_state=0).fit(X, y)  # an MLP from scratch
-    >>> reg.solver_, reg.n_iter_ <= reg.max_epochs
+    >>> reg.solver_, reg.n_iter_ <= 200  # max_epochs="auto": 200 for mini-batch solvers
     ('adamw', True)
     >>> reg.predict(X[:3]).shape
     (3,)
@@ -105,15 +105,15 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     def _n_loss_terms(self) -> int:
         return self.n_outputs_
 
-    def _lbfgs_penalty(self, n_train: int) -> float:
+    def _lbfgs_penalty(self, total_weight: float) -> float:
         """``Ridge(alpha=1)``'s penalty on this head's loss.
 
         Ridge minimises ``||y - Xw||^2 + ||w||^2``, i.e. the mean squared
-        error plus ``||w||^2 / n``; this head's loss is averaged over the
-        targets too, hence ``2 / (n * n_targets)`` in ``weight_decay / 2 *
-        ||W||^2``.
+        error plus ``||w||^2 / n`` (``n`` the training rows' total weight);
+        this head's loss is averaged over the targets too, hence
+        ``2 / (n * n_targets)`` in ``weight_decay / 2 * ||W||^2``.
         """
-        return 2.0 / (n_train * self.n_outputs_)
+        return 2.0 / (total_weight * self.n_outputs_)
 
     def _n_outputs(self) -> int:
         return self.n_outputs_

@@ -14,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
+from sklearn_finetune._probe_solver import LogisticRegressionSolver
 
 
 def features_of(encoder, X):
@@ -42,7 +43,10 @@ def test_solver_follows_the_regime(digits, params, solver):
     clf = FoundationClassifier(encoder, max_epochs=2, **params).fit(X, y)
     assert clf.solver_ == solver
     optimizer = clf.net_.optimizer_
-    assert isinstance(optimizer, torch.optim.LBFGS) == (solver == "lbfgs")
+    if params == {}:  # a plain linear head: LogisticRegression solves it, no torch optimizer
+        assert optimizer is None and clf.n_iter_ > 0
+    else:
+        assert isinstance(optimizer, torch.optim.LBFGS) == (solver == "lbfgs")
     has_validation = "valid_loss" in clf.history_[-1]
     assert has_validation == (solver != "lbfgs")  # val_split="auto"
 
@@ -54,14 +58,55 @@ def test_default_probe_is_logistic_regression_on_the_features():
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Linear(30, 64), nn.Tanh())
     probe = FoundationClassifier(encoder, random_state=0).fit(X, y)
-    reference = LogisticRegression().fit(features_of(encoder, X), y)
-    # Both stop at tol=1e-4 (L-BFGS's gradient rule), from float32 and float64
-    # arithmetic: probabilities agree to a few thousandths, labels all but never differ.
-    expected = reference.predict_proba(features_of(encoder, X))
-    np.testing.assert_allclose(probe.predict_proba(X), expected, atol=1e-2)
-    assert (probe.predict(X) == reference.classes_[expected.argmax(axis=1)]).mean() > 0.995
+    features = features_of(encoder, X)
+    reference = LogisticRegression().fit(features, y)
+    # LogisticRegression itself solves the probe on CPU: the same model, its
+    # binary w carried by the head's two rows as (-w/2, w/2).
+    expected = reference.predict_proba(features)
+    np.testing.assert_allclose(probe.predict_proba(X), expected, atol=1e-5)
+    np.testing.assert_array_equal(probe.predict(X), reference.predict(features))
+    weight = probe.module_.head.weight.detach().numpy()
+    np.testing.assert_allclose(weight[1] - weight[0], reference.coef_[0], rtol=1e-5, atol=1e-6)
     assert probe.solver_ == "lbfgs" and len(probe.history_) == 1
-    assert 0 < probe.n_iter_ < probe.max_epochs
+    assert probe.n_iter_ == reference.n_iter_[0] < 100  # max_epochs="auto": max_iter=100
+
+
+def test_multiclass_probe_with_weights_is_logistic_regression(digits):
+    """Class and sample weights reach LogisticRegression, on three or more classes."""
+    X, y = digits
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(64, 16), nn.Tanh())
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(y))
+    probe = FoundationClassifier(encoder, class_weight="balanced", tol=1e-6)
+    probe.fit(X / 16, y, sample_weight=weights)
+    features = features_of(encoder, X / 16)
+    reference = LogisticRegression(class_weight="balanced", tol=1e-6, max_iter=100)
+    reference.fit(features, y, sample_weight=weights)
+    # The same objective; weights scaled to mean 1 take scipy's L-BFGS along a
+    # slightly different path (as they would LogisticRegression's own).
+    np.testing.assert_allclose(
+        probe.predict_proba(X / 16), reference.predict_proba(features), atol=2e-3
+    )
+
+
+def test_probe_missing_a_class_in_training_falls_back_to_torch_lbfgs():
+    """A class held out entirely: LogisticRegression cannot hold it; torch's L-BFGS can."""
+    features = torch.randn(40, 3)
+    target = torch.arange(40) % 2  # classes 0 and 1 of a three-class head
+    head = nn.Linear(3, 3)
+    before = head.weight.detach().clone()
+    solve = LogisticRegressionSolver(penalty=0.1, tol=1e-4, max_iter=100)
+    assert solve(head, features, target, torch.ones(40)) is None
+    assert torch.equal(head.weight, before)
+    # In a fit: a class of one sample that the random validation split takes.
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), np.r_[np.zeros(30), np.ones(29), 2]
+    for seed in range(20):
+        clf = FoundationClassifier(nn.Linear(4, 3), val_split=0.3, random_state=seed).fit(X, y)
+        if clf.net_.optimizer_ is not None:  # the split left class 2 out of training
+            break
+    assert isinstance(clf.net_.optimizer_, torch.optim.LBFGS)
+    assert clf.n_iter_ > 0 and np.isfinite(clf.predict_proba(X)).all()
 
 
 def test_default_regression_probe_is_ridge_on_the_features():

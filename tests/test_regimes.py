@@ -141,7 +141,7 @@ def test_heads(digits, head):
 
 def test_every_fit_starts_from_a_fresh_head_and_is_reproducible(digits):
     X, y = digits
-    clf = FoundationClassifier(BatchNormEncoder(), max_epochs=2, random_state=3)
+    clf = FoundationClassifier(BatchNormEncoder(), solver="adamw", max_epochs=2, random_state=3)
     first = clf.fit(X, y).predict_proba(X)
     second = clf.fit(X, y).predict_proba(X)  # a warm start would continue from the first
     np.testing.assert_array_equal(first, second)
@@ -214,7 +214,7 @@ def test_lbfgs_linear_probe_solves_logistic_regression(digits, classes):
     C = (2 if len(classes) == 2 else 1) / (weight_decay * len(X))
     reference = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(features, y)
     np.testing.assert_allclose(probe.predict_proba(X), reference.predict_proba(features), atol=2e-3)
-    assert isinstance(probe.net_.optimizer_, torch.optim.LBFGS)
+    assert probe.net_.optimizer_ is None  # LogisticRegression itself solved it
     assert len(probe.history_) == 1  # one L-BFGS run, as LogisticRegression's
     assert 0 < probe.n_iter_ < 1000
 
