@@ -164,7 +164,8 @@ class FoundationNet(NeuralNet):
         steps.
         """
         Xi, yi = batch
-        if self.optimizer_ is None:
+        if self.optimizer_ is None:  # see initialize_optimizer
+            assert self.linear_solver is not None
             target, weight = to_tensor(yi, device=self.device)
             self.solver_iterations_ = self.linear_solver(self.module_, Xi, target, weight)
             if self.solver_iterations_ is None:

@@ -249,9 +249,11 @@ def plan_fit(
     if val_split == "auto":
         val_split = 0 if solver == "lbfgs" else AUTO_VALIDATION_FRACTION
     train, rows, data = _split(estimator, val_split, X, y, rng)
-    max_epochs = estimator.max_epochs
-    if max_epochs == "auto":
-        max_epochs = AUTO_MAX_EPOCHS["lbfgs" if solver == "lbfgs" else "mini-batch"]
+    max_epochs = (
+        AUTO_MAX_EPOCHS["lbfgs" if solver == "lbfgs" else "mini-batch"]
+        if estimator.max_epochs == "auto"
+        else int(estimator.max_epochs)
+    )
     _check_settings(estimator, regime, solver, max_epochs)
     targets, validation, mean_weight = _weighted(estimator, y, sample_weight, train, rows, data)
     n_train = len(y) if train is None else len(train)
