@@ -339,7 +339,10 @@ class EstimatorParameters:
         The validation score that picks the best epoch (``restore_best_weights``)
         and drives ``n_iter_no_change``: ``"loss"`` (the weighted validation
         loss, lower is better) or a score recorded in ``history_`` as
-        ``valid_<scoring>`` (see the ``history_`` attribute).
+        ``valid_<scoring>`` (see the ``history_`` attribute). A fit without
+        validation data (``val_split=0``, or ``"auto"`` for the L-BFGS probe)
+        has no epoch to pick: a score other than ``"loss"`` then warns that
+        it has no effect.
         """,
     )
     patience: int | str | None = parameter(

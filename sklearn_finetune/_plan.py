@@ -256,6 +256,15 @@ def plan_fit(
     )
     _check_settings(estimator, regime, solver, max_epochs)
     targets, validation, mean_weight = _weighted(estimator, y, sample_weight, train, rows, data)
+    if estimator.scoring != "loss" and not validation:
+        warnings.warn(
+            f"scoring={estimator.scoring!r} has no effect: this fit holds out no validation "
+            f"data (val_split={estimator.val_split!r}, solver {solver!r}), so no score picks "
+            "an epoch. Pass val_split (a fraction or (X_val, y_val)) to use it, or leave "
+            "scoring='loss'.",
+            UserWarning,
+            stacklevel=4,  # plan_fit, fit, scikit-learn's wrapper, the caller
+        )
     n_train = len(y) if train is None else len(train)
     if estimator.weight_decay != "auto":
         weight_decay = float(estimator.weight_decay)

@@ -301,3 +301,12 @@ def test_no_convergence_warning_when_the_score_was_never_defined(digits):
         clf.fit(X, y)
     categories = [w.category for w in caught]
     assert UndefinedMetricWarning in categories and ConvergenceWarning not in categories
+
+
+def test_a_score_without_validation_data_warns_that_it_has_no_effect(digits):
+    X, y = digits
+    with pytest.warns(UserWarning, match="scoring='roc_auc' has no effect"):
+        FoundationClassifier(nn.Linear(64, 8), scoring="roc_auc").fit(X, y)  # the L-BFGS probe
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        FoundationClassifier(nn.Linear(64, 8), scoring="roc_auc", val_split=0.2).fit(X, y)
