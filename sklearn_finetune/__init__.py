@@ -7,6 +7,7 @@ from ._cache import FeatureCache
 from ._checkpoint import load_weights
 from ._classifier import FoundationClassifier
 from ._embedder import FoundationEmbedder
+from ._persistence import load_estimator, save_estimator
 from ._plotting import HistoryDisplay
 from ._probes import OnlineProbe, knn_probe_score, linear_probe_score
 from ._regressor import FoundationRegressor
@@ -22,6 +23,8 @@ __all__ = [
     "Tokenizer",
     "knn_probe_score",
     "linear_probe_score",
+    "load_estimator",
     "load_weights",
+    "save_estimator",
 ]
 __version__ = "0.2.0.dev0"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 from skorch.dataset import Dataset
@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampl
 from torch.utils.data import Dataset as TorchDataset
 
 Targets = Sequence[torch.Tensor]
+Batch = tuple[torch.Tensor, "list[torch.Tensor] | None"]
 
 
 class _Rows(TorchDataset):
@@ -27,7 +28,7 @@ class _Rows(TorchDataset):
     def __len__(self) -> int:
         return len(self.X) if self.index is None else len(self.index)
 
-    def __getitem__(self, rows: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    def __getitem__(self, rows: torch.Tensor) -> Batch:
         if self.index is not None:
             rows = self.index[rows]
         return self.X[rows], None if self.y is None else [target[rows] for target in self.y]
@@ -113,4 +114,9 @@ def feature_batches(
     rows = _Rows(X, y, None if index is None else index.to(X.device))
     order = RandomSampler(rows) if shuffle else SequentialSampler(rows)
     batches = _IndexBatches(order, batch_size, drop_last, rows.X.device)
-    return DataLoader(rows, batch_size=None, sampler=batches)
+    return DataLoader(rows, batch_size=None, sampler=batches, collate_fn=_as_is)
+
+
+def _as_is(batch: Any) -> Any:
+    """The batch as ``_Rows`` built it: tensors already (no ``default_convert`` walk)."""
+    return batch

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import re
 import threading
 import uuid
 import warnings
@@ -23,6 +25,10 @@ DEFAULT_MAX_BYTES = 2**30
 #: arrays back to back (a byte-for-byte deterministic format, so two
 #: processes that compute the same block write the same file name).
 SUFFIX = ".features"
+
+#: The name of a block file: the SHA-256 of its content, then the suffix. A
+#: file with another name is not ours: it is never read, changed or deleted.
+_BLOCK_NAME = re.compile(rf"[0-9a-f]{{64}}{re.escape(SUFFIX)}")
 
 
 @dataclass
@@ -52,9 +58,14 @@ class FeatureCache:
         needed), one subdirectory per encoder key, so that joblib workers (``n_jobs > 1``)
         and later processes share them. Files are written atomically (a
         temporary file renamed into place) and named by the SHA-256 of their
-        content; a file whose content does not match its name is deleted and
-        its samples are encoded again. Nothing on disk is evicted: delete the
-        directory, or call :meth:`clear`, to reclaim the space.
+        content; a file whose content does not match its name, or is not two
+        plain ``.npy`` arrays of digests and float32 features, is deleted
+        with a warning and its samples are encoded again. Nothing on disk is
+        ever unpickled, and files not named like ours (temporary files of a
+        writer that was killed included) are left alone. A write that fails
+        (a full disk, a read-only directory) warns once and the features stay
+        in memory only; the fit goes on. Nothing on disk is evicted: delete
+        the directory, or call :meth:`clear`, to reclaim the space.
     max_bytes : int, default=2**30
         Bound on the features held in memory. The least recently used blocks
         (the samples one fit or prediction encoded together) are dropped
@@ -100,6 +111,8 @@ class FeatureCache:
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
         self._index: dict[tuple[str, bytes], tuple[int, int]] = {}
         self._files: set[Path] = set()
+        self._rejected: dict[Path, tuple[int, int, int]] = {}
+        self._unwritable = False
         self._next_id = 0
         self.nbytes = 0
         self.hits = 0
@@ -197,10 +210,11 @@ class FeatureCache:
         return out
 
     def clear(self) -> None:
-        """Forget everything: the memory layer, the counters and the files under ``directory``."""
+        """Forget everything: the memory layer, the counters and our files under ``directory``."""
         if self.directory is not None and self.directory.exists():
             for file in self.directory.glob(f"*/*{SUFFIX}"):
-                file.unlink(missing_ok=True)
+                if _BLOCK_NAME.fullmatch(file.name) and file.is_file():
+                    file.unlink(missing_ok=True)
         with self._lock:
             self._start_empty()
 
@@ -247,31 +261,62 @@ class FeatureCache:
         if not folder.is_dir():
             return
         for file in sorted(folder.glob(f"*{SUFFIX}")):
+            if not _BLOCK_NAME.fullmatch(file.name):
+                continue  # not ours
+            try:
+                signature = _signature(file)
+            except OSError:  # deleted by another process meanwhile
+                continue
             with self._lock:
-                if file in self._files:
+                if file in self._files or self._rejected.get(file) == signature:
                     continue
             block = _read_block(key, file)
-            if block is not None:
-                with self._lock:
-                    if file not in self._files:
-                        self._add(block)
+            with self._lock:
+                if block is None:
+                    self._rejected[file] = signature  # warned once, until the file changes
+                elif file not in self._files:
+                    self._add(block)
 
-    def _write(self, directory: Path, key: str, digests: list[bytes], features: np.ndarray) -> Path:
-        """Write one block atomically, named by the hash of its bytes."""
+    def _write(
+        self, directory: Path, key: str, digests: list[bytes], features: np.ndarray
+    ) -> Path | None:
+        """Write one block atomically, named by the hash of its bytes; None if it failed.
+
+        A failed write (a full disk, a read-only directory, a directory where
+        the file should go) leaves no file behind and warns once, until a
+        write succeeds again: the caller keeps the block in memory only.
+        """
         buffer = io.BytesIO()
         np.save(buffer, np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1))
-        np.save(buffer, features)
+        np.save(buffer, features, allow_pickle=False)
         data = buffer.getvalue()
         folder = directory / key
-        folder.mkdir(parents=True, exist_ok=True)
         file = folder / f"{hashlib.sha256(data).hexdigest()}{SUFFIX}"
-        if not file.exists():
-            temporary = folder / f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, file)
+        temporary = folder / f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not file.is_file():  # an existing file has this very content: keep it
+                with open(temporary, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, file)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            with self._lock:
+                first, self._unwritable = not self._unwritable, True
+            if first:
+                warnings.warn(
+                    f"Could not write to the feature cache directory {directory} ({exc}); "
+                    f"the features are kept in memory only and the fit goes on. Further "
+                    f"failed writes are not reported until one succeeds.",
+                    RuntimeWarning,
+                    stacklevel=3,  # _write, fetch, the caller of fetch
+                )
+            return None
+        with self._lock:
+            self._unwritable = False
         return file
 
     # Pickling: a cache travels as its settings, never as its content -----------
@@ -306,20 +351,47 @@ def _checked_directory(directory: str | os.PathLike) -> Path:
     return Path(directory)
 
 
+def _signature(file: Path) -> tuple[int, int, int]:
+    """What tells a changed file from the one seen before: inode, size and mtime."""
+    status = file.stat()
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
 def _read_block(key: str, file: Path) -> _Block | None:
-    """A block read from disk, or None (and the file deleted) if it is damaged."""
+    """A block read from disk, or None (with a warning) if it cannot be used.
+
+    A damaged file (content not matching its SHA-256 name, or not two plain
+    ``.npy`` arrays: uint8 digests, then float32 features with one row per
+    digest and nothing after them) is deleted. Arrays are read with
+    ``allow_pickle=False``, so a crafted file is refused, never unpickled.
+    """
     try:
         data = file.read_bytes()
     except FileNotFoundError:  # deleted by another process meanwhile
         return None
+    except OSError as exc:  # a directory, or unreadable: not ours to delete
+        warnings.warn(
+            f"Ignoring the feature cache entry {file}, which cannot be read ({exc}); its "
+            f"samples will be encoded again.",
+            RuntimeWarning,
+            stacklevel=4,  # _read_block, _read_new_files, fetch, the caller of fetch
+        )
+        return None
     try:
-        if hashlib.sha256(data).hexdigest() != file.stem:
+        if hashlib.sha256(data).hexdigest() != file.name.removesuffix(SUFFIX):
             raise ValueError("content does not match its hash")
         stream = io.BytesIO(data)
-        digests = [digest.tobytes() for digest in np.load(stream, allow_pickle=False)]
-        features = np.load(stream, allow_pickle=False)
+        digests = np.lib.format.read_array(stream, allow_pickle=False)
+        features = np.lib.format.read_array(stream, allow_pickle=False)
+        if digests.dtype != np.uint8 or digests.ndim != 2 or features.dtype != np.float32:
+            raise ValueError(
+                f"expected uint8 digests and float32 features; got {digests.dtype} of shape "
+                f"{digests.shape} and {features.dtype}"
+            )
         if features.ndim < 2 or len(features) != len(digests):
             raise ValueError(f"{len(digests)} digests for features of shape {features.shape}")
+        if stream.read(1):
+            raise ValueError("unexpected bytes after the features")
     except Exception as exc:  # any damage means: recompute, never return it
         warnings.warn(
             f"Ignoring and deleting the damaged feature cache file {file} ({exc}); its "
@@ -327,6 +399,7 @@ def _read_block(key: str, file: Path) -> _Block | None:
             RuntimeWarning,
             stacklevel=4,
         )
-        file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            file.unlink(missing_ok=True)
         return None
-    return _Block(key, digests, features, file)
+    return _Block(key, [digest.tobytes() for digest in digests], features, file)

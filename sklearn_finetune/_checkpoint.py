@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 WeightsSource = str | os.PathLike | Mapping
@@ -30,13 +31,6 @@ def _read(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"No weights file at {str(path)!r}.")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as exc:
-            raise ImportError(
-                "Reading .safetensors files needs the safetensors package: pip install "
-                "'sklearn-finetune[hf]' (or pip install safetensors)."
-            ) from exc
         return load_file(path, device="cpu")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

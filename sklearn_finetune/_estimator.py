@@ -8,6 +8,8 @@ build the head -> train with skorch (:func:`build_net`).
 from __future__ import annotations
 
 import contextlib
+import io
+import threading
 import warnings
 from typing import Any
 
@@ -67,6 +69,13 @@ SHARED_ATTRIBUTES = """\
 #: prediction: large enough that per-batch overhead vanishes, small enough to
 #: bound an MLP head's activations.
 FEATURE_BATCH_SIZE = 4096
+
+
+#: The key of a pickled estimator's state: its ``__dict__`` as ``torch.save`` bytes.
+TORCH_STATE = "_torch_state"
+
+#: Whether this thread is inside an estimator's ``torch.save`` of its state.
+_pickling = threading.local()
 
 
 class FoundationEstimator(EstimatorParameters, BaseEstimator):
@@ -334,6 +343,45 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                 return getattr(self.net_, method)(features)
             with preserved_modes(self.encoder_):
                 return getattr(self.net_, method)(X)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state, every tensor in it (the encoder's, the net's) written by ``torch.save``.
+
+        Python's pickle would restore a tensor on the device it was saved
+        from, so an estimator pickled on a CUDA machine could not be
+        unpickled on one without CUDA; ``torch.save`` records where each
+        tensor was, and :meth:`__setstate__` maps them to the CPU there.
+        Inside that ``torch.save`` (the estimator is reached again from its
+        own callbacks) the plain state is pickled: torch's pickler already
+        handles every tensor.
+        """
+        state = super().__getstate__()
+        if getattr(_pickling, "active", False):
+            return state
+        buffer = io.BytesIO()
+        _pickling.active = True
+        try:
+            torch.save(state, buffer)
+        finally:
+            _pickling.active = False
+        return {TORCH_STATE: buffer.getvalue()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Undo :meth:`__getstate__`: tensors saved on a GPU load on the CPU when it has none."""
+        if TORCH_STATE in state:
+            location = None if torch.cuda.is_available() else "cpu"
+            buffer = io.BytesIO(state[TORCH_STATE])
+            state = torch.load(buffer, map_location=location, weights_only=False)
+        super().__setstate__(state)
+        device = self.__dict__.get("device_")
+        if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+            warnings.warn(
+                f"This estimator was fitted on {device}, which this machine does not have; "
+                "it predicts on the CPU.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.device_ = torch.device("cpu")
 
     def __sklearn_clone__(self) -> FoundationEstimator:
         """An unfitted copy sharing the encoder and cache objects (see :func:`clone_sharing`)."""
