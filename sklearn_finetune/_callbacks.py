@@ -7,6 +7,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from sklearn.exceptions import UndefinedMetricWarning
 from skorch.callbacks import Callback, ProgressBar
 
@@ -37,7 +38,7 @@ def estimator_callbacks(estimator: FoundationEstimator, plan: FitPlan, steps: in
     list of (str, skorch.callbacks.Callback) or Callback
     """
     has_validation = bool(plan.validation)
-    callbacks: list = []
+    callbacks: list = [("finite_loss", FiniteLoss())]
     if has_validation:
         scores = ValidationScores(estimator._task(), estimator._prediction_of, estimator._target_of)
         callbacks.append(("valid_scores", scores))
@@ -72,6 +73,39 @@ def estimator_callbacks(estimator: FoundationEstimator, plan: FitPlan, steps: in
     if estimator.verbose >= 2:
         callbacks.append(("progress", ProgressBar()))
     return callbacks + copy.deepcopy(list(estimator.callbacks or []))
+
+
+class FiniteLoss(Callback):
+    """Ends training at the first epoch whose training or validation loss is not finite.
+
+    A loss that is NaN or infinite (a learning rate too high, float16
+    overflow) makes every later epoch worthless; the estimator then keeps
+    the best epoch's weights, if validation found one, or refuses the fit
+    (see ``FoundationEstimator._check_finite_loss``). It runs before
+    ``Convergence``, so the diverged epoch is never the best one.
+
+    Attributes
+    ----------
+    diverged_ : tuple of (int, str, float) or None
+        The epoch, the history column (or the weights) and its value where
+        the loss, or a trainable weight after the epoch's steps, stopped
+        being finite; None while all are finite.
+    """
+
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        self.diverged_: tuple[int, str, float] | None = None
+
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        row = net.history[-1]
+        for column in ("train_loss", "valid_loss"):
+            if column in row and not np.isfinite(row[column]):
+                self.diverged_ = (row["epoch"], column, float(row[column]))
+                raise KeyboardInterrupt  # skorch's way to end the loop; it runs on_train_end
+        # A finite loss whose gradient overflowed leaves weights that are not finite.
+        for name, parameter in net.get_all_learnable_params():
+            if not torch.isfinite(parameter).all():
+                self.diverged_ = (row["epoch"], f"the weights ({name})", float("nan"))
+                raise KeyboardInterrupt
 
 
 class BackboneUnfreezing(Callback):

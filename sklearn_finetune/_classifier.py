@@ -30,6 +30,27 @@ def _as_labels(y: Any) -> np.ndarray:
     return column_or_1d(check_array(y, ensure_2d=False, dtype=None, input_name="y"), warn=True)
 
 
+def _distinct(labels: np.ndarray) -> list:
+    """The distinct labels, sorted where their types allow it (by ``repr`` otherwise)."""
+    distinct = set(labels.tolist())
+    try:
+        return sorted(distinct)
+    except TypeError:
+        return sorted(distinct, key=repr)
+
+
+def _classes_and_codes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted classes of ``y`` and each label's index among them."""
+    try:
+        return np.unique(y, return_inverse=True)
+    except TypeError as exc:  # e.g. str and None, or str and int, in an object array
+        types = sorted({type(label).__name__ for label in y.tolist()})
+        raise TypeError(
+            f"y mixes labels of types {', '.join(types)}, which cannot be sorted into "
+            "classes_; give labels of one type (e.g. y.astype(str)), and no None."
+        ) from exc
+
+
 def _as_indicator(y: Any, n_labels: int | None = None) -> np.ndarray | None:
     """y as a float 0/1 matrix when it is a multilabel indicator matrix, else None."""
     if not hasattr(y, "shape"):
@@ -107,9 +128,10 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
         Weights of the classes in the loss, as in scikit-learn: a dict maps
         labels to weights (missing labels weigh 1); ``"balanced"`` gives
         class ``c`` the weight ``n_samples / (n_classes * count(c))``,
-        counted in the y passed to ``fit``. A sample's weight is its class's
-        times its ``sample_weight``. Not for multilabel y (use
-        ``sample_weight``).
+        counted in the y passed to ``fit`` (by ``sample_weight`` where
+        given, as ``LogisticRegression`` does from scikit-learn 1.7). A
+        sample's weight is its class's times its ``sample_weight``. Not for
+        multilabel y (use ``sample_weight``).
         """,
     )
     label_smoothing: float = parameter(
@@ -143,8 +165,9 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
             self.classes_ = np.arange(indicator.shape[1])
             return indicator
         y = _as_labels(y)
+        classes, encoded = _classes_and_codes(y)
         check_classification_targets(y)
-        self.classes_, encoded = np.unique(y, return_inverse=True)
+        self.classes_ = classes
         if len(self.classes_) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in y; got "
@@ -153,6 +176,8 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
         return encoded.astype(np.int64)
 
     def _transform_y(self, y: Any) -> np.ndarray:
+        if y is None:
+            raise ValueError("y_val is None; val_split=(X_val, y_val) needs the labels of X_val.")
         if self.multilabel_:
             indicator = _as_indicator(y, len(self.classes_))
             if indicator is None:
@@ -161,12 +186,16 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
                 )
             return indicator
         y = _as_labels(y)
-        encoded = np.searchsorted(self.classes_, y)
+        try:
+            encoded = np.searchsorted(self.classes_, y)
+        except TypeError:  # labels of types that do not compare with the classes'
+            index = {label: code for code, label in enumerate(self.classes_.tolist())}
+            encoded = np.array([index.get(label, len(index)) for label in y.tolist()])
         known = (encoded < len(self.classes_)) & (
             self.classes_[np.minimum(encoded, len(self.classes_) - 1)] == y
         )
         if not known.all():
-            raise ValueError(f"y_val has labels not seen in y: {sorted(set(y[~known].tolist()))}.")
+            raise ValueError(f"y_val has labels not seen in y: {_distinct(y[~known])}.")
         return encoded.astype(np.int64)
 
     def _class_weight_vector(
@@ -187,9 +216,24 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
                     f"{self.classes_.tolist()}."
                 )
         weighted = {"sample_weight": sample_weight} if _WEIGHTED_CLASS_COUNTS else {}
-        return compute_class_weight(
-            self.class_weight, classes=self.classes_, y=self.classes_[y], **weighted
-        )
+        with np.errstate(divide="ignore"):  # a class of total sample weight 0: checked below
+            weights = compute_class_weight(
+                self.class_weight, classes=self.classes_, y=self.classes_[y], **weighted
+            )
+        bad = ~(np.isfinite(weights) & (weights >= 0))
+        if bad.any():
+            classes = self.classes_[bad].tolist()
+            if isinstance(self.class_weight, dict):
+                raise ValueError(
+                    f"class_weight gives classes {classes} the weights "
+                    f"{weights[bad].tolist()}; class weights must be finite and non-negative."
+                )
+            raise ValueError(
+                f"class_weight='balanced' cannot weight classes {classes}: the "
+                "sample_weight of their samples sums to 0. Drop those samples, or give "
+                "some of them a positive weight."
+            )
+        return weights
 
     def _n_loss_terms(self) -> int:
         return len(self.classes_) if self.multilabel_ else 1

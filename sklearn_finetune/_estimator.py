@@ -284,6 +284,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             else:
                 module, net = self._fit_module(plan, X)
             module.eval()
+        self._check_finite_loss(net, plan)
         self.module_ = module
         self.net_ = net
         self.encoder_ = module.encoder
@@ -297,6 +298,31 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         self.n_iter_ = net.lbfgs_iterations_ if plan.solver == "lbfgs" else len(net.history)
         self._warn_if_not_converged(plan, convergence)
         return self
+
+    def _check_finite_loss(self, net: FoundationNet, plan: FitPlan) -> None:
+        """Refuse a fit whose loss diverged, or warn that the best finite epoch is kept."""
+        diverged = dict(net.callbacks_)["finite_loss"].diverged_
+        if diverged is None:
+            return
+        epoch, column, value = diverged
+        convergence = dict(net.callbacks_).get("convergence")
+        best = None if convergence is None else convergence.best_epoch_
+        hint = (
+            f"Lower lr (now {self.lr}), set max_grad_norm, or use precision='32'."
+            if plan.solver != "lbfgs"
+            else "Scale X (e.g. StandardScaler) or raise weight_decay."
+        )
+        if best is None or not self.restore_best_weights:
+            raise ValueError(
+                f"Training diverged: {column} is {value} at epoch {epoch}, and no earlier "
+                f"epoch's weights were kept. {hint}"
+            )
+        warnings.warn(
+            f"Training diverged: {column} is {value} at epoch {epoch}; training stopped "
+            f"and the weights of epoch {best}, the best before it, are kept. {hint}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _warn_if_not_converged(self, plan: FitPlan, convergence: Any) -> None:
         """A ``ConvergenceWarning`` when ``max_epochs`` ended training, as scikit-learn's."""
@@ -316,11 +342,11 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         if convergence.best_epoch_ is None:  # never defined: UndefinedMetricWarning said so
             return
         warnings.warn(
-            f"max_epochs={plan.max_epochs} was reached and {convergence.monitor} was still "
-            f"improving by more than tol={self.tol} within the last "
-            f"n_iter_no_change={plan.n_iter_no_change} epochs. Increase max_epochs, or "
-            "set n_iter_no_change=None to train a fixed number of epochs without this "
-            "warning.",
+            f"max_epochs={plan.max_epochs} was reached before {convergence.monitor} went "
+            f"n_iter_no_change={plan.n_iter_no_change} epochs in a row without improving by "
+            f"more than tol={self.tol}: the optimization has not converged. Increase "
+            "max_epochs, or set n_iter_no_change=None to train a fixed number of epochs "
+            "without this warning.",
             ConvergenceWarning,
             stacklevel=4,
         )

@@ -8,7 +8,8 @@ The rules, in one place:
 * floating data becomes float32; integer and boolean arrays (token ids,
   masks) keep their dtype for an encoder you pass, while DataFrames and
   everything fed to the built-in MLP become float32;
-* NaN and infinity are refused, and so are empty inputs;
+* NaN and infinity are refused, and so are values float32 cannot hold and
+  empty inputs (no samples, or samples that hold no values);
 * at predict time a 2-D X must have ``n_features_in_`` columns, any other X
   the same number of axes (encoders that pool accept other lengths and image
   sizes), and a dict the same keys.
@@ -35,10 +36,36 @@ def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def _to_model_dtype(array: np.ndarray) -> np.ndarray:
-    if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32, copy=False)
-    return array
+#: The largest magnitude float32, the precision the model computes in, holds.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _to_model_dtype(array: np.ndarray, name: str = "X") -> np.ndarray:
+    """Floating data as float32; values float32 cannot hold are refused, not made infinite."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    if array.dtype.itemsize > 4 and array.size:
+        largest = max(-float(array.min()), float(array.max()))
+        if largest > _FLOAT32_MAX:
+            raise ValueError(
+                f"{name} has values too large for float32, the precision the model "
+                f"computes in: the largest magnitude is {largest:.3g}, float32 holds up "
+                f"to {_FLOAT32_MAX:.3g}. Rescale {name} (e.g. with StandardScaler)."
+            )
+    return array.astype(np.float32, copy=False)
+
+
+def _check_sample_size(array: np.ndarray, name: str = "X") -> None:
+    """Refuse an array of three or more axes whose samples hold no values.
+
+    scikit-learn's ``check_array`` refuses 2-D arrays without features, not
+    these: an encoder would return nothing (or NaN, pooled over no tokens).
+    """
+    if array.ndim > 2 and 0 in array.shape[1:]:
+        raise ValueError(
+            f"{name} has samples of shape {array.shape[1:]}, which hold no values "
+            f"(shape {array.shape}); every axis after the first must have length 1 or more."
+        )
 
 
 def _describe(X: ModelInput) -> str:
@@ -68,7 +95,8 @@ def _validate_dict(X: Mapping, *, for_mlp: bool) -> dict[str, np.ndarray]:
         value = check_array(
             value, allow_nd=True, ensure_2d=False, dtype="numeric", input_name=f"X[{key!r}]"
         )
-        arrays[key] = _to_model_dtype(value)
+        _check_sample_size(value, f"X[{key!r}]")
+        arrays[key] = _to_model_dtype(value, f"X[{key!r}]")
     lengths = {key: len(value) for key, value in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(
@@ -104,6 +132,10 @@ def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelIn
     -------
     numpy.ndarray or dict of numpy.ndarray
     """
+    if X is None:
+        raise ValueError(
+            "X is None; pass the input as an array, a DataFrame, a tensor or a dict of arrays."
+        )
     if sparse.issparse(X):  # before the Mapping test: scipy's dok_array is a dict
         raise TypeError(
             f"Sparse data was passed as X ({type(X).__name__}), but encoders take dense "
@@ -123,7 +155,8 @@ def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelIn
         if X.ndim <= 2:
             X = validate_data(estimator, X, reset=reset, dtype=dtype)
         else:
-            X = check_array(X, allow_nd=True, dtype=dtype, estimator=estimator)
+            X = check_array(X, allow_nd=True, dtype=dtype, estimator=estimator, input_name="X")
+            _check_sample_size(X)
             if reset:
                 _forget_2d_attributes(estimator)
         X = _to_model_dtype(X)

@@ -139,6 +139,9 @@ class EstimatorParameters:
         attention pooling, ``lr_schedule`` or ``precision="16"``), which then
         solves ``LogisticRegression()``'s problem (``Ridge()``'s for the
         regressor); ``"adamw"`` wherever the backbone or an MLP head trains.
+        On CPU, where that problem is exactly theirs (a plain linear head,
+        single-label classes without label smoothing, the squared error),
+        ``LogisticRegression`` or ``Ridge`` itself fits the head.
         ``"adamw"``, ``"adam"`` and ``"sgd"`` (with ``momentum``) take
         mini-batches of ``batch_size`` at ``lr`` for the head and ``lr *
         backbone_lr_mult`` for a trained backbone; a torch optimizer class
@@ -200,6 +203,8 @@ class EstimatorParameters:
         regressor: ``Ridge(alpha=1.0)``), i.e. ``1 / n_train``, ``2 /
         n_train`` for two classes, ``1 / (n_train * n_labels)`` for
         multilabel y, ``2 / (n_train * n_targets)`` for the regressor.
+        With sample or class weights ``n_train`` is their sum over the
+        training rows, as in scikit-learn's weighted objectives.
         """,
     )
     momentum: float = parameter(
@@ -275,7 +280,8 @@ class EstimatorParameters:
         improves on the best so far when the monitored value (see
         ``n_iter_no_change``) is better by more than ``tol``. For
         ``solver="lbfgs"``, L-BFGS stops once no gradient entry exceeds
-        ``tol`` (``LogisticRegression``'s rule).
+        ``tol`` (``LogisticRegression``'s rule), or once the loss stops
+        changing (scipy's and torch's own rule, as in ``LogisticRegression``).
         """,
     )
     n_iter_no_change: int | None = parameter(

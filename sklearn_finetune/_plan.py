@@ -305,6 +305,13 @@ def _n_iter_no_change(estimator: FoundationEstimator) -> int | None:
     """``n_iter_no_change``, or the deprecated ``patience`` when it is given."""
     if estimator.patience == "deprecated":
         return estimator.n_iter_no_change
+    default = type(estimator).__dataclass_fields__["n_iter_no_change"].default
+    if estimator.n_iter_no_change != default:
+        raise ValueError(
+            f"patience={estimator.patience!r} and n_iter_no_change="
+            f"{estimator.n_iter_no_change!r} were both given; patience is deprecated: "
+            "set only n_iter_no_change."
+        )
     warnings.warn(
         "patience was deprecated in 0.2 and will be removed in 0.3; use n_iter_no_change "
         f"(and tol) instead: n_iter_no_change={estimator.patience!r} is used now.",

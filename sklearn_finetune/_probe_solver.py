@@ -1,4 +1,4 @@
-"""scikit-learn's own solver for the linear probe: ``LogisticRegression`` on the cached features."""
+"""scikit-learn's own solvers for the linear probe: ``LogisticRegression`` and ``Ridge``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from torch import nn
 
 #: ``solve(head, features, target, weight)``: fits ``head`` in place and
@@ -88,3 +88,52 @@ class LogisticRegressionSolver:
             head.weight.copy_(torch.as_tensor(coef))
             head.bias.copy_(torch.as_tensor(intercept))
         return int(model.n_iter_[0])
+
+
+@dataclass(frozen=True)
+class RidgeSolver:
+    """Solve a linear regression head's L2-penalised squared error with ``Ridge``, in closed form.
+
+    The head's objective is ``mean_i(w_i * mean_j(r_ij^2)) + penalty / 2 *
+    ||W||^2`` over n rows and k targets (residuals ``r``, biases
+    unpenalised); ``Ridge(alpha)`` minimises ``sum_i(w_i * ||r_i||^2) + alpha
+    * ||W||^2``, the same objective for ``alpha = penalty * n * k / 2``.
+    Features and targets are taken in float64, as ``Ridge()`` takes a user's
+    float64 array. Calling it, ``solve(head, features, target, weight)``,
+    sets the ``nn.Linear`` head's weight, shape (k, n_features), and bias from
+    features (n, n_features), targets (n, k) and sample weights (n,), and
+    returns 1 (one solve: the probe's ``n_iter_``).
+
+    Parameters
+    ----------
+    penalty : float
+        ``weight_decay`` of the head's objective, > 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sklearn_finetune._probe_solver import RidgeSolver
+    >>> features = torch.randn(30, 4)
+    >>> target = features[:, :1] * 2.0
+    >>> head = nn.Linear(4, 1)
+    >>> RidgeSolver(penalty=1e-6)(head, features, target, torch.ones(30))
+    1
+    >>> round(head.weight[0, 0].item(), 2)
+    2.0
+    """
+
+    penalty: float
+
+    def __call__(
+        self, head: nn.Linear, features: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> int:
+        y = target.cpu().double().numpy().reshape(len(target), -1)
+        alpha = self.penalty * len(y) * y.shape[1] / 2
+        model = Ridge(alpha=alpha).fit(
+            features.cpu().double().numpy(), y, sample_weight=weight.cpu().double().numpy()
+        )
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(model.coef_.reshape(head.weight.shape)))
+            head.bias.copy_(torch.as_tensor(np.ravel(model.intercept_)))
+        return 1

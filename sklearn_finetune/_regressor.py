@@ -14,6 +14,8 @@ from torch import nn
 from ._declare import declared, parameter
 from ._estimator import FoundationEstimator
 from ._losses import REGRESSION_LOSSES, RegressionLoss
+from ._plan import FitPlan
+from ._probe_solver import LinearSolver, RidgeSolver
 
 
 @declared
@@ -89,18 +91,36 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
                 f"y must have shape (n_samples,) or (n_samples, n_targets); got {y.shape}."
             )
         y2d = y.reshape(len(y), -1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, scale = y2d.mean(axis=0), y2d.std(axis=0)
+        if not (np.isfinite(mean).all() and np.isfinite(scale).all()):
+            raise ValueError(
+                "y has values too large to standardise: their mean or standard deviation "
+                f"overflows float64 (the largest magnitude is {np.abs(y2d).max():.3g}). "
+                "Rescale y, e.g. divide it by a power of ten (and the predictions by "
+                "the same)."
+            )
         self.n_outputs_ = y2d.shape[1]
-        self.target_mean_ = y2d.mean(axis=0)
-        scale = y2d.std(axis=0)
+        self.target_mean_ = mean
         self.target_scale_ = np.where(scale > 0, scale, 1.0)
         return self._transform_y(y)
 
     def _transform_y(self, y: Any) -> np.ndarray:
+        if y is None:
+            raise ValueError("y_val is None; val_split=(X_val, y_val) needs the targets of X_val.")
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         y2d = y.reshape(len(y), -1)
         if y2d.shape[1] != self.n_outputs_:
             raise ValueError(f"y_val has {y2d.shape[1]} target(s); y has {self.n_outputs_}.")
-        return ((y2d - self.target_mean_) / self.target_scale_).astype(np.float32)
+        with np.errstate(over="ignore"):
+            standardised = ((y2d - self.target_mean_) / self.target_scale_).astype(np.float32)
+        if not np.isfinite(standardised).all():
+            raise ValueError(
+                "y_val has values too far from y's to train on: standardised by y's mean "
+                "and standard deviation they overflow float32. Check that y_val is on "
+                "the scale of y."
+            )
+        return standardised
 
     def _n_loss_terms(self) -> int:
         return self.n_outputs_
@@ -117,6 +137,21 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
 
     def _n_outputs(self) -> int:
         return self.n_outputs_
+
+    def _linear_solver(self, plan: FitPlan) -> LinearSolver | None:
+        """``Ridge`` itself, where the L-BFGS probe's objective is exactly its own.
+
+        That is: the squared error, a penalty, float32 on CPU; the net
+        applies it only to a head that is one ``nn.Linear``.
+        """
+        exact = (
+            plan.solver == "lbfgs"
+            and plan.weight_decay > 0
+            and plan.device.type == "cpu"
+            and self.precision == "32"
+            and self.loss == "squared_error"
+        )
+        return RidgeSolver(penalty=plan.weight_decay) if exact else None
 
     def _prediction_of(self, outputs: torch.Tensor) -> np.ndarray:
         return outputs.cpu().numpy() * self.target_scale_ + self.target_mean_
