@@ -70,7 +70,7 @@ def main() -> None:
     candidates = {
         "linear probe, pretrained": FoundationClassifier(pretrained, random_state=0),
         "embedder + LogisticRegression": make_pipeline(
-            FoundationEmbedder(pretrained), LogisticRegression(max_iter=1000)
+            FoundationEmbedder(pretrained), LogisticRegression()
         ),
         "linear probe, AdamW": FoundationClassifier(pretrained, solver="adamw", random_state=0),
         "full fine-tune, pretrained": FoundationClassifier(

@@ -189,6 +189,8 @@ def test_explicit_adamw_trains_as_before(digits):
     clf = FoundationClassifier(
         nn.Linear(64, 8),
         solver="adamw",
+        lr=1e-3,
+        batch_size=32,
         weight_decay=0.0,
         max_epochs=30,
         n_iter_no_change=None,
