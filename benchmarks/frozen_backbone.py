@@ -234,6 +234,8 @@ def linear_probes(
     ours = FoundationClassifier(  # the defaults of 0.1, named: benchmarks/defaults.py has 0.2's
         encoder,
         solver="adamw",
+        lr=1e-3,
+        batch_size=32,
         max_epochs=args.epochs,
         n_iter_no_change=None,
         val_split=0.2,
