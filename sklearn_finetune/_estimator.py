@@ -296,8 +296,39 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         if convergence is not None and plan.validation:
             self.best_epoch_ = convergence.best_epoch_
         self.n_iter_ = net.lbfgs_iterations_ if plan.solver == "lbfgs" else len(net.history)
+        if self._warn_if_interrupted(plan, net, convergence):
+            return self
         self._warn_if_not_converged(plan, convergence)
         return self
+
+    def _warn_if_interrupted(self, plan: FitPlan, net: FoundationNet, convergence: Any) -> bool:
+        """Say so when a ``KeyboardInterrupt`` ended mini-batch training, and what was kept.
+
+        skorch ends its loop on a ``KeyboardInterrupt`` (Ctrl-C, a job's
+        signal turned into one, or a callback such as skorch's
+        ``EarlyStopping``) and runs ``on_train_end``, so the estimator is
+        fitted and usable: with validation data it holds the best epoch's
+        weights, otherwise the last epoch's.
+        """
+        stopped_by_us = (convergence is not None and convergence.stopped_early_) or dict(
+            net.callbacks_
+        )["finite_loss"].diverged_ is not None
+        if plan.solver == "lbfgs" or stopped_by_us or self.n_iter_ >= plan.max_epochs:
+            return False
+        kept = (
+            f"the weights of epoch {self.best_epoch_}, the best so far"
+            if self.best_epoch_ is not None and self.restore_best_weights
+            else "the weights it had when it stopped"
+        )
+        warnings.warn(
+            f"Training was interrupted (KeyboardInterrupt) during or after epoch "
+            f"{self.n_iter_} of max_epochs={plan.max_epochs}. The estimator is fitted and "
+            f"holds {kept}; n_iter_ and history_ say where it stopped. Call fit again to "
+            "train from the start.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return True
 
     def _check_finite_loss(self, net: FoundationNet, plan: FitPlan) -> None:
         """Refuse a fit whose loss diverged, or warn that the best finite epoch is kept."""

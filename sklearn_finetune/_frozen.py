@@ -21,7 +21,13 @@ from ._device import autocast
 from ._encoder import prepare_encoder, preserved_modes
 from ._fingerprint import encoder_fingerprint, row_digests
 from ._inputs import ModelInput, n_samples
-from ._module import attention_mask, call_encoder, explained_failure, representation_size
+from ._module import (
+    attention_mask,
+    call_encoder,
+    check_finite_output,
+    explained_failure,
+    representation_size,
+)
 from ._representation import Representation
 
 
@@ -57,6 +63,7 @@ def encode(
             with explained_failure(batch):
                 output = call_encoder(encoder, batch)
             features = representation(output, attention_mask(batch))
+            check_finite_output(features, encoder, "while encoding for the feature cache", start)
             chunks.append(features.float().cpu().numpy())
     return np.concatenate(chunks)
 

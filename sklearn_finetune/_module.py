@@ -52,6 +52,30 @@ def explained_failure(batch: Any) -> Iterator[None]:
         ) from exc
 
 
+def check_finite_output(
+    features: torch.Tensor, encoder: nn.Module, where: str, first_row: int = 0
+) -> None:
+    """Refuse an encoder output (after the representation) holding NaN or infinity.
+
+    Raises
+    ------
+    ValueError
+        Naming the encoder's class, ``where`` it ran, and how many and which
+        of the samples (numbered from ``first_row``) have non-finite values.
+    """
+    bad = ~torch.isfinite(features.reshape(len(features), -1)).all(dim=1)
+    if not bad.any():
+        return
+    rows = (torch.nonzero(bad).flatten() + first_row).tolist()
+    shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+    raise ValueError(
+        f"The encoder ({type(encoder).__name__}) returned NaN or infinite values {where}: "
+        f"in the batch of rows {first_row}-{first_row + len(features) - 1}, for "
+        f"{len(rows)} of its {len(features)} samples (rows {shown}). Check the encoder and its "
+        "weights (a loaded checkpoint, an overflow in float16), or X."
+    )
+
+
 def representation_size(
     encoder: nn.Module, representation: Representation, X: Any, device: torch.device
 ) -> int:
@@ -67,7 +91,9 @@ def representation_size(
         encoder.eval()
         with explained_failure(batch):
             output = call_encoder(encoder, batch)
-        return representation.width(representation(output, attention_mask(batch)))
+        features = representation(output, attention_mask(batch))
+        check_finite_output(features, encoder, "at the width probe (its first samples)")
+        return representation.width(features)
 
 
 class FoundationModule(nn.Module):
@@ -103,7 +129,20 @@ class FoundationModule(nn.Module):
         return self.representation(output, kwargs.get("attention_mask"))
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.head(self.embed(*args, **kwargs))
+        features = self.embed(*args, **kwargs)
+        try:
+            return self.head(features)
+        except RuntimeError as error:
+            if "shapes cannot be multiplied" not in str(error):
+                raise
+            widths = (m.in_features for m in self.head.modules() if hasattr(m, "in_features"))
+            raise ValueError(
+                f"The encoder ({type(self.encoder).__name__}) returned a representation of "
+                f"shape {tuple(features.shape)}, but the head was built for "
+                f"{next(widths, 'another number of')} features (the width of its first "
+                "samples' representation): an encoder must return the same width for every "
+                f"batch ({error})."
+            ) from error
 
     def train(self, mode: bool = True) -> FoundationModule:
         """Set train/eval mode, keeping a frozen encoder in eval mode."""

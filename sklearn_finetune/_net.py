@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ._plan import FitPlan
 
 
+class _NonFiniteLoss(Exception):
+    """Raised inside torch's L-BFGS closure to end the run at a loss that is not finite."""
+
+
 class FoundationNet(NeuralNet):
     """skorch's ``NeuralNet``, training a ``FoundationModule`` or a head on cached features.
 
@@ -139,6 +143,8 @@ class FoundationNet(NeuralNet):
         Xi, yi = batch
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        if isinstance(self.optimizer_, torch.optim.LBFGS) and not torch.isfinite(loss):
+            raise _NonFiniteLoss  # its line search would spend every evaluation on it
         (loss if self.grad_scaler_ is None else self.grad_scaler_.scale(loss)).backward()
         return {"loss": loss, "y_pred": y_pred}
 
@@ -151,6 +157,20 @@ class FoundationNet(NeuralNet):
             return 0
         state: dict[str, Any] = next(iter(self.optimizer_.state.values()), {})
         return int(state.get("n_iter", 0))
+
+    def _lbfgs_step(self, batch: Any, **fit_params: Any) -> None:
+        """Torch's L-BFGS run; a loss that stops being finite ends it (``FiniteLoss`` reports)."""
+        try:
+            super().train_step(batch, **fit_params)
+        except _NonFiniteLoss:
+            pass  # the loss recorded for the epoch is not finite: FiniteLoss ends the fit
+        except RuntimeError as error:
+            if "without overflow" not in str(error):
+                raise
+            raise ValueError(
+                "Training diverged: torch's L-BFGS took a step too large for float32 "
+                f"({error}). Scale X (e.g. StandardScaler) or raise weight_decay."
+            ) from error
 
     def train_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
         """One optimizer step: L-BFGS through skorch's closure, other optimizers directly.
@@ -172,7 +192,7 @@ class FoundationNet(NeuralNet):
                 super().initialize_optimizer()
         if self.optimizer_ is None or isinstance(self.optimizer_, torch.optim.LBFGS):
             if self.optimizer_ is not None:
-                super().train_step(batch, **fit_params)
+                self._lbfgs_step(batch, **fit_params)
             with torch.no_grad():
                 y_pred = self.infer(Xi, **fit_params)
                 loss = self.get_loss(y_pred, yi, X=Xi, training=True)

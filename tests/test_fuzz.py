@@ -382,11 +382,6 @@ def test_fuzzed_fit_fits_or_refuses_clearly_at_length(kind: str, data: st.DataOb
     check_case(data.draw(cases(kind)))
 
 
-def _known(reason: str, raises: type[Exception]) -> pytest.MarkDecorator:
-    """A known failure: strict, so that the fix shows up as a failing XPASS."""
-    return pytest.mark.xfail(strict=True, raises=raises, reason=f"known: {reason}")
-
-
 def _large_input_cases() -> list[Any]:
     """Large finite X, which float32 holds, on which training diverges."""
     ramp = np.arange(4.0).reshape(-1, 1)
@@ -413,13 +408,8 @@ def _large_input_cases() -> list[Any]:
                 None,
                 mlp_probe,
             ),
+            # torch's L-BFGS overflows float32 in its line search: a ValueError
             id="regressor-random-features-mlp-torch-lbfgs-1e30-overflow",
-            marks=_known(
-                "torch's L-BFGS raises RuntimeError ('value cannot be converted to type "
-                "float without overflow') out of its line search; fit should turn it into "
-                "the ValueError of a diverged fit",
-                RuntimeError,
-            ),
         ),
         pytest.param(
             Case(

@@ -1,0 +1,95 @@
+"""Faults that start inside the run get errors naming them: the encoder's output, its width."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import Callback
+from torch import nn
+
+from sklearn_finetune import FoundationClassifier
+
+
+class NaNEncoder(nn.Module):
+    """``Linear(5, 4)`` whose output is NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.linear(x) * float("nan")
+
+
+class ShrinkingEncoder(nn.Module):
+    """4 features for its first two calls, then 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(5, 4)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.linear(x)
+        return out if self.calls <= 2 else out[:, :2]
+
+
+@pytest.fixture
+def tabular():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(120, 5)).astype(np.float32), np.arange(120) % 2
+
+
+def test_a_frozen_encoder_returning_nan_is_named_before_training(tabular):
+    X, y = tabular
+    encoder = NaNEncoder()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    with pytest.raises(
+        ValueError,
+        match=r"encoder \(NaNEncoder\) returned NaN or infinite values "
+        r"while encoding for the feature cache: in the batch of rows 0-63, for 64 of its 64",
+    ):
+        FoundationClassifier(encoder).fit(X, y)
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key])  # nothing of the user's is modified
+
+
+def test_a_trained_encoder_returning_nan_is_named_at_the_width_probe(tabular):
+    X, y = tabular
+    with pytest.raises(
+        ValueError,
+        match=r"NaNEncoder\) returned NaN or infinite values at the "
+        r"width probe",
+    ):
+        FoundationClassifier(NaNEncoder(), freeze_backbone=False).fit(X, y)
+
+
+def test_an_encoder_whose_width_changes_names_both_shapes(tabular):
+    X, y = tabular
+    clf = FoundationClassifier(ShrinkingEncoder(), freeze_backbone=False, max_epochs=1)
+    with pytest.raises(ValueError, match=r"shape \(\d+, 2\), but the head was built for 4 "):
+        clf.fit(X, y)
+
+
+class InterruptAt(Callback):
+    """Raises KeyboardInterrupt at the end of epoch ``epoch``, as Ctrl-C there would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_fit_keeps_a_usable_estimator_and_says_so(tabular):
+    X, y = tabular
+    clf = FoundationClassifier(
+        nn.Linear(5, 4), head="mlp", callbacks=[InterruptAt(3)], random_state=0
+    )
+    with pytest.warns(UserWarning, match="interrupted .* epoch 3 of max_epochs=200"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 3 and clf.best_epoch_ in (1, 2, 3)
+    assert clf.predict_proba(X).shape == (120, 2)
