@@ -313,13 +313,17 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         stopped_by_us = (convergence is not None and convergence.stopped_early_) or dict(
             net.callbacks_
         )["finite_loss"].diverged_ is not None
-        if plan.solver == "lbfgs" or stopped_by_us or self.n_iter_ >= plan.max_epochs:
+        mid_epoch = "train_loss" not in net.history[-1]  # the interrupt came inside a step
+        if stopped_by_us or not (
+            mid_epoch or (plan.solver != "lbfgs" and self.n_iter_ < plan.max_epochs)
+        ):
             return False
-        kept = (
-            f"the weights of epoch {self.best_epoch_}, the best so far"
-            if self.best_epoch_ is not None and self.restore_best_weights
-            else "the weights it had when it stopped"
-        )
+        if plan.solver == "lbfgs":
+            kept = "the head's weights where L-BFGS stopped (its initial ones if it had not begun)"
+        elif self.best_epoch_ is not None and self.restore_best_weights:
+            kept = f"the weights of epoch {self.best_epoch_}, the best so far"
+        else:
+            kept = "the weights it had when it stopped"
         warnings.warn(
             f"Training was interrupted (KeyboardInterrupt) during or after epoch "
             f"{self.n_iter_} of max_epochs={plan.max_epochs}. The estimator is fitted and "

@@ -12,7 +12,7 @@ from torch import nn
 
 from ._callbacks import estimator_callbacks
 from ._device import autocast
-from ._module import FoundationModule
+from ._module import FoundationModule, check_finite_output
 from ._optimization import solver_settings, steps_per_epoch
 from ._probe_solver import LinearSolver
 
@@ -143,10 +143,26 @@ class FoundationNet(NeuralNet):
         Xi, yi = batch
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        if isinstance(self.optimizer_, torch.optim.LBFGS) and not torch.isfinite(loss):
-            raise _NonFiniteLoss  # its line search would spend every evaluation on it
+        if not torch.isfinite(loss):
+            self._check_encoder_output(Xi)
+            if isinstance(self.optimizer_, torch.optim.LBFGS):
+                raise _NonFiniteLoss  # its line search would spend every evaluation on it
         (loss if self.grad_scaler_ is None else self.grad_scaler_.scale(loss)).backward()
         return {"loss": loss, "y_pred": y_pred}
+
+    def _check_encoder_output(self, Xi: Any) -> None:
+        """A batch's loss is not finite: name a trained encoder whose output is the cause.
+
+        Frozen features were checked when they were encoded; a trained
+        encoder runs again on the batch, without gradients, only now.
+        """
+        module = self.module_
+        if not isinstance(module, FoundationModule) or module.frozen:
+            return
+        with torch.no_grad():
+            features = module.embed(**Xi) if isinstance(Xi, dict) else module.embed(Xi)
+        where = f"in training batch {len(self.history[-1]['batches'])} of epoch {len(self.history)}"
+        check_finite_output(features, module.encoder, where)
 
     @property
     def lbfgs_iterations_(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 from skorch.callbacks import Callback
 from torch import nn
 
@@ -93,3 +94,42 @@ def test_an_interrupted_fit_keeps_a_usable_estimator_and_says_so(tabular):
         clf.fit(X, y)
     assert clf.n_iter_ == 3 and clf.best_epoch_ in (1, 2, 3)
     assert clf.predict_proba(X).shape == (120, 2)
+
+
+class NaNAfter(nn.Module):
+    """``Linear(5, 4)`` whose output turns NaN from its ``calls``-th call on."""
+
+    def __init__(self, calls):
+        super().__init__()
+        self.linear = nn.Linear(5, 4)
+        self.calls, self.seen = calls, 0
+
+    def forward(self, x):
+        self.seen += 1
+        out = self.linear(x)
+        return out * float("nan") if self.seen >= self.calls else out
+
+
+def test_a_fine_tuned_encoder_returning_nan_in_a_batch_is_named(tabular):
+    X, y = tabular
+    encoder = NaNAfter(calls=3)  # the width probe, batch 1, then NaN in batch 2
+    clf = FoundationClassifier(encoder, freeze_backbone=False)
+    with pytest.raises(
+        ValueError,
+        match=r"NaNAfter\) returned NaN or infinite values in training "
+        r"batch 2 of epoch 1",
+    ):
+        clf.fit(X, y)
+    assert encoder.seen == 0  # the user's encoder never ran: fine-tuning trains a copy
+
+
+def test_an_interrupted_lbfgs_probe_says_what_it_holds(tabular, monkeypatch):
+    X, y = tabular
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C inside scikit-learn's solver
+
+    monkeypatch.setattr(LogisticRegression, "fit", interrupted)
+    with pytest.warns(UserWarning, match="interrupted .* L-BFGS stopped"):
+        clf = FoundationClassifier(nn.Linear(5, 4)).fit(X, y)
+    assert clf.n_iter_ == 0 and clf.predict(X).shape == (120,)
