@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import threading
 import uuid
 import warnings
@@ -366,10 +367,12 @@ def _read_block(key: str, file: Path) -> _Block | None:
     ``allow_pickle=False``, so a crafted file is refused, never unpickled.
     """
     try:
+        if not stat.S_ISREG(file.lstat().st_mode):  # a FIFO, link or device could hang or lie
+            raise OSError(f"not a regular file ({stat.filemode(file.lstat().st_mode)})")
         data = file.read_bytes()
     except FileNotFoundError:  # deleted by another process meanwhile
         return None
-    except OSError as exc:  # a directory, or unreadable: not ours to delete
+    except OSError as exc:  # a directory, link, FIFO or unreadable: not ours to delete
         warnings.warn(
             f"Ignoring the feature cache entry {file}, which cannot be read ({exc}); its "
             f"samples will be encoded again.",

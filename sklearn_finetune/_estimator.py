@@ -245,7 +245,9 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
 
         With a frozen backbone X is encoded once, through the feature cache,
         and the head trains on the features; otherwise every batch runs
-        through the encoder.
+        through the encoder. A fit that raises (bad input, a fault, an
+        interrupt before training starts) leaves the estimator as it was,
+        fitted or not.
 
         Parameters
         ----------
@@ -265,6 +267,16 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         self
             The fitted estimator.
         """
+        previous = dict(self.__dict__)
+        try:
+            return self._fit(X, y, sample_weight)
+        except BaseException:  # a failed or interrupted fit leaves the estimator as it was
+            self.__dict__.clear()
+            self.__dict__.update(previous)
+            raise
+
+    def _fit(self, X: Any, y: Any, sample_weight: Any) -> FoundationEstimator:
+        """:meth:`fit`'s work, on an estimator that ``fit`` restores if it raises."""
         X = self._validate_X(X, reset=True)
         if y is None:
             raise ValueError(
@@ -330,7 +342,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             f"holds {kept}; n_iter_ and history_ say where it stopped. Call fit again to "
             "train from the start.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
         return True
 
@@ -356,7 +368,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             f"Training diverged: {column} is {value} at epoch {epoch}; training stopped "
             f"and the weights of epoch {best}, the best before it, are kept. {hint}",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
     def _warn_if_not_converged(self, plan: FitPlan, convergence: Any) -> None:
@@ -369,7 +381,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                     "Increase max_epochs, or scale the data (e.g. batch_norm=True, which "
                     "standardises the features as StandardScaler would).",
                     ConvergenceWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
             return
         if plan.n_iter_no_change is None or convergence is None or convergence.stopped_early_:
@@ -383,7 +395,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             "max_epochs, or set n_iter_no_change=None to train a fixed number of epochs "
             "without this warning.",
             ConvergenceWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
     def _net_predict(self, method: str, X: Any) -> np.ndarray:

@@ -40,13 +40,16 @@ def encode(
     batch_size: int,
     precision: str = "32",
     progress: bool = False,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run a frozen encoder over X once: eval mode, inference mode, in batches.
 
     The encoder is used where it is when it already lives on ``device``, and
     a copy is moved there otherwise; its train/eval flags are restored.
     ``precision`` ``"bf16"`` or ``"16"`` runs it under autocast; ``progress``
-    shows a tqdm bar over the batches.
+    shows a tqdm bar over the batches. ``rows`` are X's samples as rows of
+    the X the user passed (default: X itself), for the error that names
+    samples whose features are not finite.
 
     Returns
     -------
@@ -54,7 +57,7 @@ def encode(
         Or ``(n_samples, tokens, width + 1)`` for ``pooling="attention"``.
     """
     encoder = prepare_encoder(encoder, trainable=False, device=device)
-    chunks = []
+    chunks: list[np.ndarray] = []
     with torch.inference_mode(), preserved_modes(encoder), autocast(device, precision):
         encoder.eval()
         starts = range(0, n_samples(X), batch_size)
@@ -63,7 +66,19 @@ def encode(
             with explained_failure(batch):
                 output = call_encoder(encoder, batch)
             features = representation(output, attention_mask(batch))
-            check_finite_output(features, encoder, "while encoding for the feature cache", start)
+            batch_rows = (
+                np.arange(start, start + len(features))
+                if rows is None
+                else rows[start : start + len(features)]
+            )
+            check_finite_output(features, encoder, "while encoding X", rows=batch_rows)
+            if chunks and features.shape[1:] != chunks[0].shape[1:]:
+                raise ValueError(
+                    f"The encoder ({type(encoder).__name__}) returned features of shape "
+                    f"{tuple(features.shape[1:])} per sample for X's rows {batch_rows[0]}-"
+                    f"{batch_rows[-1]}, and {chunks[0].shape[1:]} before: an encoder must "
+                    "return the same width for every batch."
+                )
             chunks.append(features.float().cpu().numpy())
     return np.concatenate(chunks)
 
@@ -127,6 +142,7 @@ def embed(
             batch_size=batch_size,
             precision=precision,
             progress=progress,
+            rows=positions,
         ),
     )
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from skorch.utils import multi_indexing, to_tensor
 from torch import nn
@@ -53,26 +54,33 @@ def explained_failure(batch: Any) -> Iterator[None]:
 
 
 def check_finite_output(
-    features: torch.Tensor, encoder: nn.Module, where: str, first_row: int = 0
+    features: torch.Tensor,
+    encoder: nn.Module,
+    where: str,
+    rows: Sequence[int] | np.ndarray | None = None,
 ) -> None:
     """Refuse an encoder output (after the representation) holding NaN or infinity.
+
+    ``rows`` are the batch's samples as rows of the X the user passed (None:
+    a shuffled training batch, whose samples are named by position).
 
     Raises
     ------
     ValueError
         Naming the encoder's class, ``where`` it ran, and how many and which
-        of the samples (numbered from ``first_row``) have non-finite values.
+        samples have non-finite values.
     """
-    bad = ~torch.isfinite(features.reshape(len(features), -1)).all(dim=1)
+    bad = (~torch.isfinite(features.reshape(len(features), -1)).all(dim=1)).cpu().numpy()
     if not bad.any():
         return
-    rows = (torch.nonzero(bad).flatten() + first_row).tolist()
-    shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+    positions = np.flatnonzero(bad)
+    named = positions if rows is None else np.asarray(rows)[positions]
+    shown = ", ".join(map(str, named[:5].tolist())) + (", ..." if len(named) > 5 else "")
+    which = f"of X's rows {shown}" if rows is not None else f"at positions {shown} of the batch"
     raise ValueError(
-        f"The encoder ({type(encoder).__name__}) returned NaN or infinite values {where}: "
-        f"in the batch of rows {first_row}-{first_row + len(features) - 1}, for "
-        f"{len(rows)} of its {len(features)} samples (rows {shown}). Check the encoder and its "
-        "weights (a loaded checkpoint, an overflow in float16), or X."
+        f"The encoder ({type(encoder).__name__}) returned NaN or infinite values {where}, "
+        f"for {len(named)} of the batch's {len(features)} samples ({which}). Check the "
+        "encoder and its weights (a loaded checkpoint, an overflow in float16), or X."
     )
 
 
@@ -92,7 +100,7 @@ def representation_size(
         with explained_failure(batch):
             output = call_encoder(encoder, batch)
         features = representation(output, attention_mask(batch))
-        check_finite_output(features, encoder, "at the width probe (its first samples)")
+        check_finite_output(features, encoder, "at the width probe", rows=range(len(features)))
         return representation.width(features)
 
 

@@ -159,6 +159,8 @@ class FoundationNet(NeuralNet):
         module = self.module_
         if not isinstance(module, FoundationModule) or module.frozen:
             return
+        if not all(parameter.isfinite().all() for parameter in module.encoder.parameters()):
+            return  # its weights diverged in training: FiniteLoss reports that, not the encoder
         with torch.no_grad():
             features = module.embed(**Xi) if isinstance(Xi, dict) else module.embed(Xi)
         where = f"in training batch {len(self.history[-1]['batches'])} of epoch {len(self.history)}"

@@ -38,6 +38,10 @@ from ._plan import FitPlan, Validation
 from ._regressor import FoundationRegressor
 from ._representation import Representation
 
+#: The widest representation a file may describe: a crafted width would
+#: otherwise make the loader allocate a head of any size.
+MAX_WIDTH = 2**24
+
 #: Written into every ``estimator.json``; a file of another format is refused.
 FORMAT = "sklearn_finetune-estimator-1"
 CONFIG_FILE = "estimator.json"
@@ -322,9 +326,26 @@ def load_estimator(
     >>> np.array_equal(loaded.predict(X), reg.predict(X)), loaded.n_iter_
     (True, 5)
     """
+    if encoder is not None and not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be a torch.nn.Module or None; got {type(encoder).__name__}.")
+    try:
+        return _load(Path(path), encoder)
+    except (KeyError, AttributeError, TypeError, IndexError, RecursionError) as error:
+        raise ValueError(
+            f"{str(path)!r} does not hold an estimator this version can load: its "
+            f"estimator.json is malformed ({type(error).__name__}: {error})."
+        ) from error
+    except safetensors.SafetensorError as error:
+        raise ValueError(
+            f"{str(path)!r} does not hold an estimator this version can load: its "
+            f"{WEIGHTS_FILE} is damaged ({error})."
+        ) from error
+
+
+def _load(directory: Path, encoder: nn.Module | None) -> FoundationEstimator:
+    """:func:`load_estimator`'s work; a malformed file surfaces as the errors it wraps."""
     from . import __version__
 
-    directory = Path(path)
     config = _read_config(directory)
     cls = ESTIMATORS[config["estimator"]]
     params = {name: decode_value(value, name) for name, value in config["params"].items()}
@@ -349,7 +370,15 @@ def load_estimator(
     for name, value in fitted.items():
         setattr(estimator, name, decode_value(value, name))
     spec = config["module"]
-    kind = spec["encoder"]
+    kind, frozen, width = spec["encoder"], spec["frozen"], spec["width"]
+    consistent = (kind == "given" and frozen is True) or (
+        kind in ("built", "stored") and isinstance(frozen, bool) and (kind == "built" or not frozen)
+    )
+    if not consistent or type(width) is not int or not 0 < width <= MAX_WIDTH:
+        raise ValueError(
+            f"The file's module description is not one this package writes: encoder={kind!r}, "
+            f"frozen={frozen!r}, width={width!r}."
+        )
     if (kind == "built") != (encoder is None):
         raise ValueError(
             "This estimator was fitted with encoder=None (its MLP is in the file): call "
@@ -368,6 +397,16 @@ def load_estimator(
             )
     device = resolve_device(estimator.device)
     tensors = safetensors.torch.load_file(directory / WEIGHTS_FILE, device="cpu")
+    not_finite = sorted(
+        key
+        for key, value in tensors.items()
+        if value.is_floating_point() and not value.isfinite().all()
+    )
+    if not_finite:
+        raise ValueError(
+            f"The weights in {directory / WEIGHTS_FILE} hold NaN or infinity: "
+            f"{_listed(not_finite)}."
+        )
     # Building the layers draws their initial weights: keep the caller's torch random state.
     user_encoder = contextlib.nullcontext() if encoder is None else preserved_modes(encoder)
     with torch.random.fork_rng(devices=[]), user_encoder:
@@ -378,9 +417,9 @@ def load_estimator(
             backbone = prepare_encoder(encoder, trainable=True, device=device)
         else:
             backbone = encoder
-        head = estimator._build_head(spec["width"], device)
+        head = estimator._build_head(width, device)
         representation = Representation(estimator.output_key, estimator.pooling)
-        module = FoundationModule(backbone, representation, head, frozen=spec["frozen"])
+        module = FoundationModule(backbone, representation, head, frozen=frozen)
         expected = {
             key: value
             for key, value in module.state_dict().items()

@@ -263,7 +263,7 @@ def plan_fit(
             "an epoch. Pass val_split (a fraction or (X_val, y_val)) to use it, or leave "
             "scoring='loss'.",
             UserWarning,
-            stacklevel=4,  # plan_fit, fit, scikit-learn's wrapper, the caller
+            stacklevel=5,  # plan_fit, _fit, fit, scikit-learn's wrapper, the caller
         )
     n_train = len(y) if train is None else len(train)
     if estimator.weight_decay != "auto":
@@ -316,7 +316,7 @@ def _n_iter_no_change(estimator: FoundationEstimator) -> int | None:
         "patience was deprecated in 0.2 and will be removed in 0.3; use n_iter_no_change "
         f"(and tol) instead: n_iter_no_change={estimator.patience!r} is used now.",
         FutureWarning,
-        stacklevel=5,  # _n_iter_no_change, plan_fit, fit, scikit-learn's wrapper, the caller
+        stacklevel=6,  # _n_iter_no_change, plan_fit, _fit, fit, scikit-learn's wrapper, the caller
     )
     return cast(int | None, estimator.patience)
 

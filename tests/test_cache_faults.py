@@ -489,3 +489,19 @@ def test_a_crafted_pickle_under_our_name_is_refused_not_executed(
     assert not marker.exists()
     assert len(messages) == 1 and "damaged feature cache file" in messages[0]
     assert not crafted.exists()
+
+
+def test_a_fifo_named_like_a_block_is_skipped_not_read(tmp_path, digits):
+    """Reading a FIFO would wait for a writer forever; it is not a regular file, so not read."""
+    X, y = digits
+    encoder = counting_encoder()
+    fit(encoder, FeatureCache(tmp_path), X, y)
+    (folder,) = [path for path in tmp_path.iterdir() if path.is_dir()]
+    os.mkfifo(folder / ("c" * 64 + _cache.SUFFIX))
+    signal.signal(signal.SIGALRM, lambda *args: pytest.fail("the cache read the FIFO"))
+    signal.alarm(20)
+    try:
+        with pytest.warns(RuntimeWarning, match="not a regular file"):
+            fit(encoder, FeatureCache(tmp_path), X, y)
+    finally:
+        signal.alarm(0)

@@ -269,3 +269,45 @@ def test_a_pickle_from_a_cuda_machine_loads_on_the_cpu(probe, digits):
     loaded = pickle.loads(data)
     assert next(loaded.encoder.parameters()).device.type == "cpu"
     assert_same_predictions(probe, loaded, digits[0])
+
+
+def test_a_tampered_module_description_never_writes_into_the_given_encoder(digits, tmp_path):
+    X, y = digits
+    encoder = small_encoder()
+    tuned = FoundationClassifier(encoder, freeze_backbone=False, max_epochs=2).fit(X, y)
+    save_estimator(tuned, tmp_path)
+    edit_config(tmp_path, lambda c: c["module"].update(encoder="anything-else"))
+    before = copy.deepcopy(encoder.state_dict())
+    with pytest.raises(ValueError, match="module description is not one this package writes"):
+        load_estimator(tmp_path, encoder=encoder)
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c.pop("params"),
+        lambda c: c.update(params=[1, 2]),
+        lambda c: c["module"].update(width=10**12),
+        lambda c: c["module"].update(width=-1),
+        lambda c: c.update(estimator=["x"]),
+    ],
+)
+def test_a_malformed_file_is_a_value_error(probe, tmp_path, edit):
+    save_estimator(probe, tmp_path)
+    edit_config(tmp_path, edit)
+    with pytest.raises(ValueError, match=r"does not hold an estimator|not one this package"):
+        load_estimator(tmp_path, encoder=probe.encoder)
+
+
+def test_damaged_or_non_finite_weights_are_refused(probe, tmp_path):
+    save_estimator(probe, tmp_path)
+    tensors = load_file(tmp_path / WEIGHTS_FILE)
+    tensors = {key: value * float("nan") for key, value in tensors.items()}
+    save_file(tensors, tmp_path / WEIGHTS_FILE, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="hold NaN or infinity"):
+        load_estimator(tmp_path, encoder=probe.encoder)
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="is damaged"):
+        load_estimator(tmp_path, encoder=probe.encoder)

@@ -50,7 +50,7 @@ def test_a_frozen_encoder_returning_nan_is_named_before_training(tabular):
     with pytest.raises(
         ValueError,
         match=r"encoder \(NaNEncoder\) returned NaN or infinite values "
-        r"while encoding for the feature cache: in the batch of rows 0-63, for 64 of its 64",
+        r"while encoding X, for 64 of the batch's 64 samples \(of X's rows 0, 1, 2",
     ):
         FoundationClassifier(encoder).fit(X, y)
     for key, value in encoder.state_dict().items():
@@ -133,3 +133,60 @@ def test_an_interrupted_lbfgs_probe_says_what_it_holds(tabular, monkeypatch):
     with pytest.warns(UserWarning, match="interrupted .* L-BFGS stopped"):
         clf = FoundationClassifier(nn.Linear(5, 4)).fit(X, y)
     assert clf.n_iter_ == 0 and clf.predict(X).shape == (120,)
+
+
+class InfForSomeRows(nn.Module):
+    """``Linear(5, 4)``, infinite for samples whose first value is above 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(5, 4)
+
+    def forward(self, x):
+        out = self.linear(x)
+        return torch.where(x[:, :1] > 2, torch.full_like(out, float("inf")), out)
+
+
+def test_non_finite_features_name_the_rows_of_the_x_passed(tabular):
+    X, y = tabular
+    X = X.copy()
+    X[[7, 50], 0] = 3.0
+    keep = X[:, 0] <= 2
+    clf = FoundationClassifier(InfForSomeRows()).fit(X[keep], y[keep])  # cached: the others
+    rows = ", ".join(map(str, np.flatnonzero(~keep)))  # 7, 50 and the normal draws above 2
+    with pytest.raises(ValueError, match=rf"samples \(of X's rows {rows}\)"):
+        clf.predict(X)
+
+
+def test_a_fine_tune_whose_weights_diverge_keeps_the_best_epoch(tabular):
+    X, y = tabular
+
+    class BlowUp(Callback):
+        def on_epoch_begin(self, net, **kwargs):
+            if len(net.history) == 3:
+                for group in net.optimizer_.param_groups:
+                    group["lr"] = 1e30
+
+    clf = FoundationClassifier(
+        nn.Linear(5, 4), freeze_backbone=False, solver="sgd", callbacks=[BlowUp()], random_state=0
+    )
+    with pytest.warns(RuntimeWarning, match="Training diverged"):
+        clf.fit(X, y)
+    assert clf.best_epoch_ in (1, 2) and np.isfinite(clf.predict_proba(X)).all()
+
+
+def test_a_fit_that_raises_leaves_the_fitted_estimator_as_it_was(tabular):
+    X, y = tabular
+    clf = FoundationClassifier(nn.Linear(5, 4)).fit(X, y)
+    classes, proba = clf.classes_.copy(), clf.predict_proba(X)
+    with pytest.raises(ValueError, match="returned NaN"):
+        clf.set_params(encoder=NaNEncoder()).fit(X, np.where(y == 0, "low", "high"))
+    np.testing.assert_array_equal(clf.classes_, classes)
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+
+
+def test_a_frozen_encoder_whose_width_changes_is_named(tabular):
+    X, y = tabular
+    clf = FoundationClassifier(ShrinkingEncoder(), cache=False, inference_batch_size=32)
+    with pytest.raises(ValueError, match=r"ShrinkingEncoder\) returned features of shape \(2,\)"):
+        clf.fit(X, y)
