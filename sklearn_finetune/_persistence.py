@@ -11,6 +11,7 @@ fit it exactly. No pickle, no ``eval``, no import of a name read from a file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import warnings
@@ -190,12 +191,26 @@ def save_estimator(estimator: FoundationEstimator, path: str | os.PathLike) -> N
             history_json(entry, f"[{epoch}]") for epoch, entry in enumerate(estimator.history_)
         ],
     }
-    tensors = _tensors_to_save(estimator.module_, kind)
-    text = json.dumps(config, indent=1)
+    weights = safetensors.torch.save(
+        _tensors_to_save(estimator.module_, kind), metadata={"format": "pt"}
+    )
+    config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
-    (directory / CONFIG_FILE).write_text(text, encoding="utf-8")
+    # Each file is replaced whole (written beside it, then renamed), the weights
+    # first: a save cut short leaves the old JSON, whose digest refuses new weights.
+    _replace(directory / WEIGHTS_FILE, weights)
+    _replace(directory / CONFIG_FILE, json.dumps(config, indent=1).encode("utf-8"))
+
+
+def _replace(file: Path, content: bytes) -> None:
+    """Write ``content`` to ``file`` atomically: a temporary file beside it, then a rename."""
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, file)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
@@ -396,7 +411,14 @@ def _load(directory: Path, encoder: nn.Module | None) -> FoundationEstimator:
                 "frozen encoder is not stored in the file: pass the same pretrained encoder."
             )
     device = resolve_device(estimator.device)
-    tensors = safetensors.torch.load_file(directory / WEIGHTS_FILE, device="cpu")
+    weights = (directory / WEIGHTS_FILE).read_bytes()
+    if hashlib.sha256(weights).hexdigest() != config["weights_sha256"]:
+        raise ValueError(
+            f"{str(directory / WEIGHTS_FILE)!r} is not the weights file {CONFIG_FILE} was "
+            "saved with (its SHA-256 differs): a save was cut short, or a file was replaced. "
+            "Save the estimator again."
+        )
+    tensors = safetensors.torch.load(weights)
     not_finite = sorted(
         key
         for key, value in tensors.items()

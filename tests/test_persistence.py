@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import pickle
 
@@ -197,6 +198,13 @@ def edit_config(path, edit):
     (path / CONFIG_FILE).write_text(json.dumps(config))
 
 
+def rewrite_weights(path, tensors):
+    """Replace the weights file and its digest in the JSON: a crafted but consistent pair."""
+    save_file(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
+    digest = hashlib.sha256((path / WEIGHTS_FILE).read_bytes()).hexdigest()
+    edit_config(path, lambda config: config.update(weights_sha256=digest))
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -219,7 +227,7 @@ def test_weights_that_do_not_fit_are_refused_by_key(probe, tmp_path):
     tensors = load_file(tmp_path / WEIGHTS_FILE)
     tensors["head.extra"] = tensors.pop("head.bias")
     tensors["head.weight"] = tensors["head.weight"][:3]
-    save_file(tensors, tmp_path / WEIGHTS_FILE)
+    rewrite_weights(tmp_path, tensors)
     with pytest.raises(ValueError) as error:
         load_estimator(tmp_path, encoder=probe.encoder)
     assert "missing keys: 'head.bias'" in str(error.value)
@@ -305,9 +313,26 @@ def test_damaged_or_non_finite_weights_are_refused(probe, tmp_path):
     save_estimator(probe, tmp_path)
     tensors = load_file(tmp_path / WEIGHTS_FILE)
     tensors = {key: value * float("nan") for key, value in tensors.items()}
-    save_file(tensors, tmp_path / WEIGHTS_FILE, metadata={"format": "pt"})
+    rewrite_weights(tmp_path, tensors)
     with pytest.raises(ValueError, match="hold NaN or infinity"):
         load_estimator(tmp_path, encoder=probe.encoder)
     (tmp_path / WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="SHA-256 differs"):  # a save cut short, or swapped
+        load_estimator(tmp_path, encoder=probe.encoder)
+    digest = hashlib.sha256(b"not safetensors").hexdigest()
+    edit_config(tmp_path, lambda config: config.update(weights_sha256=digest))
     with pytest.raises(ValueError, match="is damaged"):
         load_estimator(tmp_path, encoder=probe.encoder)
+
+
+def test_a_save_cut_short_between_its_two_files_is_refused(probe, digits, tmp_path):
+    """Weights replaced, JSON not yet: the old JSON's digest refuses the new weights."""
+    X, y = digits
+    save_estimator(probe, tmp_path)
+    old_config = (tmp_path / CONFIG_FILE).read_bytes()
+    other = FoundationClassifier(probe.encoder, weight_decay=1.0).fit(X, y)
+    save_estimator(other, tmp_path)
+    (tmp_path / CONFIG_FILE).write_bytes(old_config)
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        load_estimator(tmp_path, encoder=probe.encoder)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
