@@ -367,8 +367,9 @@ def _read_block(key: str, file: Path) -> _Block | None:
     ``allow_pickle=False``, so a crafted file is refused, never unpickled.
     """
     try:
-        if not stat.S_ISREG(file.lstat().st_mode):  # a FIFO, link or device could hang or lie
-            raise OSError(f"not a regular file ({stat.filemode(file.lstat().st_mode)})")
+        mode = file.lstat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO, link or device could hang or lie
+            raise OSError(f"not a regular file ({stat.filemode(mode)})")
         data = file.read_bytes()
     except FileNotFoundError:  # deleted by another process meanwhile
         return None

@@ -71,6 +71,25 @@ SHARED_ATTRIBUTES = """\
 FEATURE_BATCH_SIZE = 4096
 
 
+def loader_settings(*, frozen: bool, array_input: bool) -> dict[str, Any]:
+    """The skorch loader settings of a net: how batches reach the module.
+
+    Cached features (frozen) and an array X are batched by indexing
+    (:func:`feature_batches`), features at prediction in batches of
+    ``FEATURE_BATCH_SIZE``; a dict X (a tokenizer's output) goes through
+    skorch's own loader. ``fit`` and ``load_estimator`` both build nets with it.
+    """
+    if frozen:
+        return dict(
+            iterator_train=feature_batches,
+            iterator_valid=feature_batches,
+            iterator_valid__batch_size=FEATURE_BATCH_SIZE,
+        )
+    if array_input:
+        return dict(iterator_train=feature_batches, iterator_valid=feature_batches)
+    return {}
+
+
 #: The key of a pickled estimator's state: its ``__dict__`` as ``torch.save`` bytes.
 TORCH_STATE = "_torch_state"
 
@@ -206,10 +225,8 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             plan,
             head,
             train_split=train_split,
-            iterator_train=feature_batches,
-            iterator_valid=feature_batches,
-            iterator_valid__batch_size=FEATURE_BATCH_SIZE,
             linear_solver=self._linear_solver(plan),
+            **loader_settings(frozen=True, array_input=True),
         )
         with torch_threads(HEAD_THREADS, plan.device):
             net.fit(features, targets)
@@ -221,18 +238,13 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         head = self._build_head(width, plan.device)
         module = FoundationModule(plan.encoder, plan.representation, head, frozen=False)
         groups = backbone_groups(self.lr * self.backbone_lr_mult, self.layer_decay, plan.blocks)
-        # An array X is batched by indexing, as cached features are; a dict X
-        # (a tokenizer's output) by skorch's loader.
-        batches = {}
-        if isinstance(X, np.ndarray):
-            batches = dict(iterator_train=feature_batches, iterator_valid=feature_batches)
         net = build_net(
             self,
             plan,
             module,
             train_split=plan.validation.split_inputs(),
             optimizer__param_groups=groups,
-            **batches,
+            **loader_settings(frozen=False, array_input=isinstance(X, np.ndarray)),
         )
         net.fit(X, list(plan.targets))
         return module, net

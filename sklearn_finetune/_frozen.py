@@ -71,15 +71,16 @@ def encode(
                 if rows is None
                 else rows[start : start + len(features)]
             )
-            check_finite_output(features, encoder, "while encoding X", rows=batch_rows)
-            if chunks and features.shape[1:] != chunks[0].shape[1:]:
+            chunk = features.float().cpu().numpy()  # checked on the CPU: no extra device sync
+            check_finite_output(torch.from_numpy(chunk), encoder, "while encoding X", batch_rows)
+            if chunks and chunk.shape[1:] != chunks[0].shape[1:]:
                 raise ValueError(
                     f"The encoder ({type(encoder).__name__}) returned features of shape "
-                    f"{tuple(features.shape[1:])} per sample for X's rows {batch_rows[0]}-"
+                    f"{chunk.shape[1:]} per sample for X's rows {batch_rows[0]}-"
                     f"{batch_rows[-1]}, and {chunks[0].shape[1:]} before: an encoder must "
                     "return the same width for every batch."
                 )
-            chunks.append(features.float().cpu().numpy())
+            chunks.append(chunk)
     return np.concatenate(chunks)
 
 

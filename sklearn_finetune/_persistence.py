@@ -25,12 +25,11 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 from torch import nn
 
-from ._batches import feature_batches
 from ._checkpoint import _listed
 from ._classifier import FoundationClassifier
 from ._device import resolve_device
 from ._encoder import mlp_backbone, prepare_encoder, preserved_modes
-from ._estimator import FEATURE_BATCH_SIZE, FoundationEstimator
+from ._estimator import FoundationEstimator, loader_settings
 from ._fingerprint import encoder_fingerprint
 from ._json_values import decode_value, encode_value, history_json
 from ._module import FoundationModule
@@ -454,16 +453,9 @@ def _load(directory: Path, encoder: nn.Module | None) -> FoundationEstimator:
             )
         else:
             module.load_state_dict(tensors)
-        if module.frozen:
-            settings: dict[str, Any] = dict(
-                iterator_train=feature_batches,
-                iterator_valid=feature_batches,
-                iterator_valid__batch_size=FEATURE_BATCH_SIZE,
-            )
-        elif isinstance(estimator.input_shape_, dict):
-            settings = {}
-        else:
-            settings = dict(iterator_train=feature_batches, iterator_valid=feature_batches)
+        settings = loader_settings(
+            frozen=module.frozen, array_input=not isinstance(estimator.input_shape_, dict)
+        )
         trained = head if module.frozen else module
         plan = _inference_plan(
             estimator, backbone, representation, frozen=module.frozen, device=device
