@@ -170,16 +170,18 @@ class FeatureCache:
         """
         self._read_new_files(key)
         with self._lock:
-            found = {}
-            missing: dict[bytes, int] = {}
-            for position, digest in enumerate(digests):
-                location = self._index.get((key, digest))
-                if location is not None:
-                    found[position] = location
-                elif digest not in missing:
-                    missing[digest] = position
-            self._touch({block_id for block_id, _ in found.values()})
+            locations = [self._index.get((key, digest)) for digest in digests]
+            found = [
+                (position, *location)
+                for position, location in enumerate(locations)
+                if location is not None
+            ]
+            self._touch({block_id for _, block_id, _ in found})
             gathered = self._gather(found)
+        unseen = [position for position, location in enumerate(locations) if location is None]
+        missing: dict[bytes, int] = {}
+        for position in unseen:
+            missing.setdefault(digests[position], position)
         computed = None
         if missing:
             positions = np.fromiter(missing.values(), dtype=np.int64, count=len(missing))
@@ -189,17 +191,13 @@ class FeatureCache:
                     f"compute must return one row per position; got shape {computed.shape} "
                     f"for {len(positions)} positions."
                 )
-        row_shape = (
-            computed.shape[1:] if computed is not None else next(iter(gathered.values())).shape
-        )
+        row_shape = computed.shape[1:] if computed is not None else gathered[0][1].shape[1:]
         out = np.empty((len(digests), *row_shape), dtype=np.float32)
-        for position, row in gathered.items():
-            out[position] = row
+        for positions, features, rows in gathered:
+            out[positions] = features[rows]
         if computed is not None:
             row_of = {digest: row for row, digest in enumerate(missing)}
-            for position, digest in enumerate(digests):
-                if digest in row_of:
-                    out[position] = computed[row_of[digest]]
+            out[unseen] = computed[[row_of[digests[position]] for position in unseen]]
             file = None
             if self.directory is not None:
                 file = self._write(self.directory, key, list(missing), computed)
@@ -221,11 +219,22 @@ class FeatureCache:
 
     # Memory layer --------------------------------------------------------------
 
-    def _gather(self, found: dict[int, tuple[int, int]]) -> dict[int, np.ndarray]:
-        return {
-            position: self._blocks[block_id].features[row]
-            for position, (block_id, row) in found.items()
-        }
+    def _gather(
+        self, found: list[tuple[int, int, int]]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(positions, features, rows)`` per block for ``(position, block id, row)`` triples.
+
+        ``out[positions] = features[rows]`` copies a block's rows at once.
+        """
+        if not found:
+            return []
+        table = np.array(found, dtype=np.int64)
+        table = table[np.argsort(table[:, 1], kind="stable")]
+        block_ids, starts = np.unique(table[:, 1], return_index=True)
+        return [
+            (part[:, 0], self._blocks[int(block_id)].features, part[:, 2])
+            for block_id, part in zip(block_ids, np.split(table, starts[1:]), strict=True)
+        ]
 
     def _touch(self, block_ids: set[int]) -> None:
         for block_id in block_ids:

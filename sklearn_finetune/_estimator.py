@@ -425,7 +425,8 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                 representation = self.module_.representation
                 encoding = self._frozen_encoding(self.encoder_, representation, self.device_, cache)
                 features = torch.as_tensor(encoding.features(X), device=self.device_)
-                return getattr(self.net_, method)(features)
+                with torch_threads(HEAD_THREADS, self.device_):
+                    return getattr(self.net_, method)(features)
             with preserved_modes(self.encoder_):
                 return getattr(self.net_, method)(X)
 
