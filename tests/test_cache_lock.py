@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,16 @@ def test_a_folder_where_no_lock_can_be_taken_runs_unlocked(tmp_path):
     )
     reader = FeatureCache(tmp_path)  # the block was written all the same
     assert reader.fetch(KEY, [b"\x02" * 16], lambda positions: 1 / 0).shape == (1, 4)
+
+
+def test_two_threads_fetching_the_same_rows_at_once_encode_them_once(tmp_path):
+    """As two tasks of one dask worker with ``threads_per_worker=2`` would, each with its cache."""
+    log = tmp_path / "encoded.log"
+    start = time.time() + 0.5
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fetches = [
+            pool.submit(fetch_all_rows, str(tmp_path / "cache"), str(log), start) for _ in range(2)
+        ]
+        for fetch in fetches:
+            fetch.result(timeout=60)  # each got every row right
+    assert encoded_rows(log) == [N_ROWS]
