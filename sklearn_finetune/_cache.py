@@ -6,40 +6,20 @@ import contextlib
 import hashlib
 import io
 import os
-import re
-import stat
 import threading
 import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ._cache_files import BLOCK_NAME, SUFFIX, Block, encoding_lock, read_block, signature
+
 #: Default bound on the bytes of features held in memory: 1 GiB.
 DEFAULT_MAX_BYTES = 2**30
-
-#: A block file: the samples' digests then their features, as two ``.npy``
-#: arrays back to back (a byte-for-byte deterministic format, so two
-#: processes that compute the same block write the same file name).
-SUFFIX = ".features"
-
-#: The name of a block file: the SHA-256 of its content, then the suffix. A
-#: file with another name is not ours: it is never read, changed or deleted.
-_BLOCK_NAME = re.compile(rf"[0-9a-f]{{64}}{re.escape(SUFFIX)}")
-
-
-@dataclass
-class _Block:
-    """Features of some samples under one encoder key, as computed or read together."""
-
-    key: str
-    digests: list[bytes]
-    features: np.ndarray
-    file: Path | None = None
 
 
 class FeatureCache:
@@ -63,7 +43,12 @@ class FeatureCache:
         plain ``.npy`` arrays of digests and float32 features, is deleted
         with a warning and its samples are encoded again. Nothing on disk is
         ever unpickled, and files not named like ours (temporary files of a
-        writer that was killed included) are left alone. A write that fails
+        writer that was killed included) are left alone. A process that
+        must encode samples under an encoder holds that encoder's lock
+        (``flock`` on ``<key>/.lock``, released by the system if the
+        process dies) while it reads the others' new files, encodes what is
+        still missing and writes its block: workers of one search that need
+        the same rows at once encode them once between them. A write that fails
         (a full disk, a read-only directory) warns once and the features stay
         in memory only; the fit goes on. Nothing on disk is evicted: delete
         the directory, or call :meth:`clear`, to reclaim the space.
@@ -109,7 +94,7 @@ class FeatureCache:
 
     def _start_empty(self) -> None:
         self._lock = threading.Lock()
-        self._blocks: OrderedDict[int, _Block] = OrderedDict()
+        self._blocks: OrderedDict[int, Block] = OrderedDict()
         self._index: dict[tuple[str, bytes], tuple[int, int]] = {}
         self._files: set[Path] = set()
         self._rejected: dict[Path, tuple[int, int, int]] = {}
@@ -168,6 +153,34 @@ class FeatureCache:
         -------
         ndarray of shape (len(digests), ...)
         """
+        found, unseen = self._look_up(key, digests)
+        if unseen and self.directory is not None:
+            # Other processes (and threads) encoding under this key wait here,
+            # then find what this one wrote instead of encoding it again.
+            with encoding_lock(self.directory / key):
+                found, unseen = self._look_up(key, digests)
+                computed, n_encoded = self._compute(key, digests, unseen, compute)
+        else:
+            computed, n_encoded = self._compute(key, digests, unseen, compute)
+        row_shape = computed.shape[1:] if computed is not None else found[0][1].shape[1:]
+        out = np.empty((len(digests), *row_shape), dtype=np.float32)
+        for positions, features, rows in found:
+            out[positions] = features[rows]
+        if computed is not None:
+            out[unseen] = computed
+        with self._lock:
+            self.hits += len(digests) - n_encoded
+            self.misses += n_encoded
+        return out
+
+    def _look_up(
+        self, key: str, digests: Sequence[bytes]
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], list[int]]:
+        """The rows found (``(positions, features, rows)`` per block) and the positions not found.
+
+        Block files that other processes wrote under ``key`` since the last
+        look are read first.
+        """
         self._read_new_files(key)
         with self._lock:
             locations = [self._index.get((key, digest)) for digest in digests]
@@ -178,41 +191,47 @@ class FeatureCache:
             ]
             self._touch({block_id for _, block_id, _ in found})
             gathered = self._gather(found)
-        unseen = [position for position, location in enumerate(locations) if location is None]
+        return gathered, [
+            position for position, location in enumerate(locations) if location is None
+        ]
+
+    def _compute(
+        self,
+        key: str,
+        digests: Sequence[bytes],
+        unseen: list[int],
+        compute: Callable[[np.ndarray], np.ndarray],
+    ) -> tuple[np.ndarray | None, int]:
+        """Encode the distinct samples at ``unseen`` and keep them (in memory, and on disk).
+
+        Returns each unseen position's row (None if there are none) and how
+        many distinct samples were encoded.
+        """
+        if not unseen:
+            return None, 0
         missing: dict[bytes, int] = {}
         for position in unseen:
             missing.setdefault(digests[position], position)
-        computed = None
-        if missing:
-            positions = np.fromiter(missing.values(), dtype=np.int64, count=len(missing))
-            computed = np.ascontiguousarray(compute(positions), dtype=np.float32)
-            if computed.ndim < 2 or len(computed) != len(positions):
-                raise ValueError(
-                    f"compute must return one row per position; got shape {computed.shape} "
-                    f"for {len(positions)} positions."
-                )
-        row_shape = computed.shape[1:] if computed is not None else gathered[0][1].shape[1:]
-        out = np.empty((len(digests), *row_shape), dtype=np.float32)
-        for positions, features, rows in gathered:
-            out[positions] = features[rows]
-        if computed is not None:
-            row_of = {digest: row for row, digest in enumerate(missing)}
-            out[unseen] = computed[[row_of[digests[position]] for position in unseen]]
-            file = None
-            if self.directory is not None:
-                file = self._write(self.directory, key, list(missing), computed)
-            with self._lock:
-                self._add(_Block(key, list(missing), computed, file))
+        positions = np.fromiter(missing.values(), dtype=np.int64, count=len(missing))
+        computed = np.ascontiguousarray(compute(positions), dtype=np.float32)
+        if computed.ndim < 2 or len(computed) != len(positions):
+            raise ValueError(
+                f"compute must return one row per position; got shape {computed.shape} "
+                f"for {len(positions)} positions."
+            )
+        file = None
+        if self.directory is not None:
+            file = self._write(self.directory, key, list(missing), computed)
         with self._lock:
-            self.hits += len(digests) - len(missing)
-            self.misses += len(missing)
-        return out
+            self._add(Block(key, list(missing), computed, file))
+        row_of = {digest: row for row, digest in enumerate(missing)}
+        return computed[[row_of[digests[position]] for position in unseen]], len(missing)
 
     def clear(self) -> None:
         """Forget everything: the memory layer, the counters and our files under ``directory``."""
         if self.directory is not None and self.directory.exists():
             for file in self.directory.glob(f"*/*{SUFFIX}"):
-                if _BLOCK_NAME.fullmatch(file.name) and file.is_file():
+                if BLOCK_NAME.fullmatch(file.name) and file.is_file():
                     file.unlink(missing_ok=True)
         with self._lock:
             self._start_empty()
@@ -240,7 +259,7 @@ class FeatureCache:
         for block_id in block_ids:
             self._blocks.move_to_end(block_id)
 
-    def _add(self, block: _Block) -> None:
+    def _add(self, block: Block) -> None:
         block_id = self._next_id
         self._next_id += 1
         self._blocks[block_id] = block
@@ -271,19 +290,19 @@ class FeatureCache:
         if not folder.is_dir():
             return
         for file in sorted(folder.glob(f"*{SUFFIX}")):
-            if not _BLOCK_NAME.fullmatch(file.name):
+            if not BLOCK_NAME.fullmatch(file.name):
                 continue  # not ours
             try:
-                signature = _signature(file)
+                file_signature = signature(file)
             except OSError:  # deleted by another process meanwhile
                 continue
             with self._lock:
-                if file in self._files or self._rejected.get(file) == signature:
+                if file in self._files or self._rejected.get(file) == file_signature:
                     continue
-            block = _read_block(key, file)
+            block = read_block(key, file)
             with self._lock:
                 if block is None:
-                    self._rejected[file] = signature  # warned once, until the file changes
+                    self._rejected[file] = file_signature  # warned once, until the file changes
                 elif file not in self._files:
                     self._add(block)
 
@@ -322,7 +341,7 @@ class FeatureCache:
                     f"the features are kept in memory only and the fit goes on. Further "
                     f"failed writes are not reported until one succeeds.",
                     RuntimeWarning,
-                    stacklevel=3,  # _write, fetch, the caller of fetch
+                    stacklevel=4,  # _write, _compute, fetch, the caller of fetch
                 )
             return None
         with self._lock:
@@ -359,60 +378,3 @@ def _checked_directory(directory: str | os.PathLike) -> Path:
             f"The feature cache directory must be a directory path; got {os.fspath(directory)!r}."
         )
     return Path(directory)
-
-
-def _signature(file: Path) -> tuple[int, int, int]:
-    """What tells a changed file from the one seen before: inode, size and mtime."""
-    status = file.stat()
-    return status.st_ino, status.st_size, status.st_mtime_ns
-
-
-def _read_block(key: str, file: Path) -> _Block | None:
-    """A block read from disk, or None (with a warning) if it cannot be used.
-
-    A damaged file (content not matching its SHA-256 name, or not two plain
-    ``.npy`` arrays: uint8 digests, then float32 features with one row per
-    digest and nothing after them) is deleted. Arrays are read with
-    ``allow_pickle=False``, so a crafted file is refused, never unpickled.
-    """
-    try:
-        mode = file.lstat().st_mode
-        if not stat.S_ISREG(mode):  # a FIFO, link or device could hang or lie
-            raise OSError(f"not a regular file ({stat.filemode(mode)})")
-        data = file.read_bytes()
-    except FileNotFoundError:  # deleted by another process meanwhile
-        return None
-    except OSError as exc:  # a directory, link, FIFO or unreadable: not ours to delete
-        warnings.warn(
-            f"Ignoring the feature cache entry {file}, which cannot be read ({exc}); its "
-            f"samples will be encoded again.",
-            RuntimeWarning,
-            stacklevel=4,  # _read_block, _read_new_files, fetch, the caller of fetch
-        )
-        return None
-    try:
-        if hashlib.sha256(data).hexdigest() != file.name.removesuffix(SUFFIX):
-            raise ValueError("content does not match its hash")
-        stream = io.BytesIO(data)
-        digests = np.lib.format.read_array(stream, allow_pickle=False)
-        features = np.lib.format.read_array(stream, allow_pickle=False)
-        if digests.dtype != np.uint8 or digests.ndim != 2 or features.dtype != np.float32:
-            raise ValueError(
-                f"expected uint8 digests and float32 features; got {digests.dtype} of shape "
-                f"{digests.shape} and {features.dtype}"
-            )
-        if features.ndim < 2 or len(features) != len(digests):
-            raise ValueError(f"{len(digests)} digests for features of shape {features.shape}")
-        if stream.read(1):
-            raise ValueError("unexpected bytes after the features")
-    except Exception as exc:  # any damage means: recompute, never return it
-        warnings.warn(
-            f"Ignoring and deleting the damaged feature cache file {file} ({exc}); its "
-            f"samples will be encoded again.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        with contextlib.suppress(OSError):
-            file.unlink(missing_ok=True)
-        return None
-    return _Block(key, [digest.tobytes() for digest in digests], features, file)

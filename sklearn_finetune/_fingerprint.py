@@ -82,10 +82,13 @@ def encoder_fingerprint(
     False
     """
     digest = hashlib.sha256()
+    module = type(encoder).__module__
+    if module == "__mp_main__":  # the user's script, as a spawned worker (dask's, Ray's) imports it
+        module = "__main__"
     pooling_identity = _callable_identity(pooling) if callable(pooling) else repr(pooling)
     header = (
         CACHE_FORMAT,
-        f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+        f"{module}.{type(encoder).__qualname__}",
         repr(encoder),
         f"output_key={output_key!r}",
         f"pooling={pooling_identity}",

@@ -256,7 +256,7 @@ def test_two_processes_writing_one_directory_leave_it_valid(tmp_path):
     results = [writer.communicate(timeout=120) for writer in writers]
     assert [writer.returncode for writer in writers] == [0, 0], results
     files = list(cache_dir.glob("*/*.features"))
-    assert len(files) > 20 and not list(cache_dir.glob("*/.*"))  # no temporary file left
+    assert len(files) > 20 and not list(cache_dir.glob("*/*.tmp"))  # no temporary file left
     for file in files:
         assert hashlib.sha256(file.read_bytes()).hexdigest() == file.stem
 
