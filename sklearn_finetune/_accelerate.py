@@ -12,6 +12,7 @@ estimator predicts, pickles and saves in a plain single process.
 
 from __future__ import annotations
 
+import os
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,9 @@ def accelerator_device(estimator: FoundationEstimator, regime: str) -> torch.dev
     One mechanism decides each thing: the accelerator places the model (its
     ``device``) and runs mixed precision in training (its
     ``mixed_precision``), so ``device`` must be ``"auto"`` or the same device
-    and ``precision`` ``"32"`` or the same precision. Only a trained backbone
+    and ``precision`` ``"32"`` or the same precision. The accelerator must
+    span the processes the launcher started (``WORLD_SIZE``): accelerate
+    runs each process alone on CPUs unless told ``cpu=True``. Only a trained backbone
     (``freeze_backbone=False``, or ``encoder=None`` from scratch) is
     trained by the accelerator. With several processes ``random_state`` must
     be an int, so that every process holds out the same validation rows.
@@ -94,6 +97,13 @@ def accelerator_device(estimator: FoundationEstimator, regime: str) -> torch.dev
                 f"device={estimator.device!r} contradicts the accelerator's device {device}: "
                 "with an accelerator, the accelerator places the model. Leave device='auto'."
             )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise ValueError(
+            f"This process is one of WORLD_SIZE={launched} launched processes, but the "
+            f"accelerator runs {accelerator.num_processes}: each process would train alone. "
+            "On CPUs create it with Accelerator(cpu=True) (or launch with ACCELERATE_USE_CPU=1)."
+        )
     if accelerator.num_processes > 1 and not isinstance(estimator.random_state, Integral):
         raise ValueError(
             f"random_state={estimator.random_state!r} with an accelerator of "
@@ -123,6 +133,10 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
       accelerate advises between two trainings) and is dropped from the
       net: the fitted net predicts in one process, and pickles.
     """
+
+    accelerator: Any  # an accelerate.Accelerator; None once training has ended
+    module_: Any
+    _wrapped_with_accelerator: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, unwrap_after_train=False, **kwargs)
@@ -189,9 +203,9 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
         self.accelerator.backward(loss)
         return {"loss": self.accelerator.reduce(loss.detach(), "mean"), "y_pred": y_pred}
 
-    def _clip_grad_norm(self) -> None:
+    def _clip_grad_norm(self, max_norm: float) -> None:
         parameters = [parameter for _, parameter in self.get_all_learnable_params()]
-        self.accelerator.clip_grad_norm_(parameters, self.max_grad_norm)
+        self.accelerator.clip_grad_norm_(parameters, max_norm)
 
     def notify(self, method_name: str, **cb_kwargs: Any) -> None:
         super().notify(method_name, **cb_kwargs)

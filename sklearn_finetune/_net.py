@@ -190,10 +190,10 @@ class FoundationNet(NeuralNet):
                 f"({error}). Scale X (e.g. StandardScaler) or raise weight_decay."
             ) from error
 
-    def _clip_grad_norm(self) -> None:
-        """Clip the (unscaled) gradients' global norm to ``max_grad_norm``."""
+    def _clip_grad_norm(self, max_norm: float) -> None:
+        """Clip the (unscaled) gradients' global norm to ``max_norm``."""
         parameters = [parameter for _, parameter in self.get_all_learnable_params()]
-        nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
+        nn.utils.clip_grad_norm_(parameters, max_norm)
 
     def train_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
         """One optimizer step: L-BFGS through skorch's closure, other optimizers directly.
@@ -226,7 +226,7 @@ class FoundationNet(NeuralNet):
         if scaler is not None:
             scaler.unscale_(self.optimizer_)
         if self.max_grad_norm is not None:
-            self._clip_grad_norm()
+            self._clip_grad_norm(self.max_grad_norm)
         self.notify(
             "on_grad_computed",
             named_parameters=TeeGenerator(self.get_all_learnable_params()),

@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from accelerate_fit import data, encoder, main  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "accelerate_fit.py"
+#: torchrun with two CPU processes (accelerate launch starts CPU processes through MPI only).
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 @pytest.fixture
@@ -61,8 +63,7 @@ def test_two_processes_train_as_one_and_the_result_is_a_plain_estimator(tmp_path
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + [str(SCRIPT), str(tmp_path)],
+        [*LAUNCH, str(SCRIPT), str(tmp_path)],
         check=True,
         env=env,
         timeout=600,
@@ -70,7 +71,9 @@ def test_two_processes_train_as_one_and_the_result_is_a_plain_estimator(tmp_path
     )
     main(tmp_path, plain=True)  # the same fit in this process, without an accelerator
     *_, X_test, y_test = data()
-    rank0, rank1, plain = (np.load(tmp_path / f"proba-{n}.npy") for n in ("rank0", "rank1", "plain"))
+    rank0, rank1, plain = (
+        np.load(tmp_path / f"proba-{n}.npy") for n in ("rank0", "rank1", "plain")
+    )
     assert (tmp_path / "processes-rank0.txt").read_text().strip() == "2"
     np.testing.assert_array_equal(rank0, rank1)  # the replicas stayed identical
     accuracy_two = (rank0.argmax(1) == y_test).mean()
@@ -93,7 +96,7 @@ def test_two_processes_train_as_one_and_the_result_is_a_plain_estimator(tmp_path
     for rank in (0, 1):  # a seed each process would draw itself is refused before training
         assert "random_state" in (tmp_path / f"refused-rank{rank}.txt").read_text()
     seconds = {n: float((tmp_path / f"seconds-{n}.txt").read_text()) for n in ("rank0", "plain")}
-    print(f"\nfit wall time, two processes / one: {seconds['rank0']:.1f} s / {seconds['plain']:.1f} s")
+    print(f"\nfit seconds, two processes / one: {seconds['rank0']:.1f} / {seconds['plain']:.1f}")
 
 
 def test_single_process_accelerator_trains_in_its_mixed_precision(accelerator_of, tmp_path):
@@ -102,7 +105,6 @@ def test_single_process_accelerator_trains_in_its_mixed_precision(accelerator_of
     X, y, *_ = data()
     model = encoder()
     dtypes: list[torch.dtype] = []
-
 
     def record(module, inputs, output):
         if isinstance(module, torch.nn.Linear):
@@ -129,7 +131,9 @@ def test_single_process_accelerator_trains_in_its_mixed_precision(accelerator_of
     np.testing.assert_array_equal(restored.predict_proba(X[:50]), proba)
     save_estimator(clf, tmp_path / "saved")
     np.testing.assert_allclose(
-        load_estimator(tmp_path / "saved", encoder=encoder()).predict_proba(X[:50]), proba, atol=1e-6
+        load_estimator(tmp_path / "saved", encoder=encoder()).predict_proba(X[:50]),
+        proba,
+        atol=1e-6,
     )
 
 
@@ -160,3 +164,17 @@ def test_an_accelerator_is_an_object_with_accelerates_methods():
     X, y, *_ = data()
     with pytest.raises(ValueError, match="accelerator"):
         FoundationClassifier(encoder(), accelerator="cuda").fit(X[:100], y[:100])
+
+
+def test_an_accelerator_that_does_not_span_the_launched_processes_is_refused(
+    accelerator_of, monkeypatch
+):
+    """Under torchrun on CPUs, ``Accelerator()`` without ``cpu=True`` runs each process alone."""
+    X, y, *_ = data()
+    accelerator = accelerator_of()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 sets it
+    clf = FoundationClassifier(
+        encoder(), freeze_backbone=False, accelerator=accelerator, random_state=0
+    )
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 launched processes"):
+        clf.fit(X[:100], y[:100])
