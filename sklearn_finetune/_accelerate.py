@@ -23,8 +23,6 @@ from skorch.net import NeuralNet
 from ._net import FoundationNet
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from torch import nn
 
     from ._estimator import FoundationEstimator
@@ -121,9 +119,10 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
 
     * Only training batches are sharded across the processes; every
       process runs the whole validation set itself (nothing is gathered),
-      so every process records the same scores and early stopping ends
-      all of them at the same epoch. The training loss recorded is the
-      mean over the processes, for the same reason.
+      so every process records the same scores. The training loss
+      recorded is the mean over the processes, for the same reason. A
+      callback that ends training in one process ends it in all, at the
+      same epoch.
     * Gradients are clipped by the accelerator (which unscales float16
       gradients first); autocast and loss scaling are the accelerator's
       only (the net's own ``GradScaler`` is not made).
@@ -176,16 +175,8 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
         # The accelerator's device is the net's: skorch's check against a set device is moot.
         NeuralNet._validate_params(self)
 
-    def _unwrapped(self) -> nn.Module:
+    def _unwrapped_module(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.module_)
-
-    def get_all_learnable_params(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
-        module, wrapped = self._unwrapped(), self.module_
-        self.module_ = module
-        try:
-            return FoundationNet.get_all_learnable_params(self)
-        finally:
-            self.module_ = wrapped
 
     def get_iterator(self, dataset: Any, training: bool = False) -> Any:
         iterator = FoundationNet.get_iterator(self, dataset, training=training)
@@ -208,8 +199,30 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
         self.accelerator.clip_grad_norm_(parameters, max_norm)
 
     def notify(self, method_name: str, **cb_kwargs: Any) -> None:
+        if method_name == "on_epoch_end":
+            self._end_epoch_together(**cb_kwargs)
+            return
         super().notify(method_name, **cb_kwargs)
         if method_name == "on_train_end":
             self._unwrap_accelerator()
             self.accelerator.free_memory()  # accelerate's advice between two trainings
             self.accelerator = None
+
+    def _end_epoch_together(self, **cb_kwargs: Any) -> None:
+        """The epoch's callbacks; if one ends training in any process, it ends in all.
+
+        skorch's callbacks end training by raising ``KeyboardInterrupt``
+        (``n_iter_no_change``, skorch's ``EarlyStopping``). A process that
+        stopped alone would leave the others waiting at their next
+        all-reduce, so whether to stop is itself reduced across processes.
+        """
+        stop = False
+        try:
+            super().notify("on_epoch_end", **cb_kwargs)
+        except KeyboardInterrupt:
+            stop = True
+        stops = self.accelerator.reduce(
+            torch.tensor([float(stop)], device=self.accelerator.device), "sum"
+        )
+        if stops.item() > 0:
+            raise KeyboardInterrupt

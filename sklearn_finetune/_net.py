@@ -90,9 +90,14 @@ class FoundationNet(NeuralNet):
     def check_data(self, X: Any, y: Any) -> None:
         """Nothing to check: the estimator validated X and y before building the net."""
 
+    def _unwrapped_module(self) -> nn.Module:
+        """``module_`` as built (``AcceleratedNet`` unwraps its DistributedDataParallel)."""
+        return self.module_
+
     def get_all_learnable_params(self) -> Iterator[tuple[str, nn.Parameter]]:
-        if isinstance(self.module_, FoundationModule):
-            return self.module_.trainable_named_parameters()
+        module = self._unwrapped_module()
+        if isinstance(module, FoundationModule):
+            return module.trainable_named_parameters()
         return super().get_all_learnable_params()
 
     def get_params_for_optimizer(self, prefix: str, named_parameters: Any) -> tuple[tuple, dict]:
@@ -156,7 +161,7 @@ class FoundationNet(NeuralNet):
         Frozen features were checked when they were encoded; a trained
         encoder runs again on the batch, without gradients, only now.
         """
-        module = self.module_
+        module = self._unwrapped_module()
         if not isinstance(module, FoundationModule) or module.frozen:
             return
         if not all(parameter.isfinite().all() for parameter in module.encoder.parameters()):

@@ -10,14 +10,17 @@ test-set probabilities, its fit time and a pickle of its fitted estimator under 
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
+from skorch.callbacks import Callback
 from torch import nn
 
 from sklearn_finetune import FoundationClassifier, save_estimator
@@ -43,6 +46,14 @@ def encoder() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU())
 
 
+class StopAlone(Callback):
+    """Ends training after epoch 2 in the process of rank 1 only, as a per-process rule might."""
+
+    def on_epoch_end(self, net, **kwargs):
+        if os.environ.get("RANK") == "1" and len(net.history) == 2:
+            raise KeyboardInterrupt
+
+
 def main(out: Path, plain: bool) -> None:
     accelerator = None
     rank = 0
@@ -61,6 +72,18 @@ def main(out: Path, plain: bool) -> None:
             clf.fit(X, y)
         except ValueError as error:
             (out / f"refused-rank{rank}.txt").write_text(str(error))
+        stopped = FoundationClassifier(
+            encoder(),
+            freeze_backbone=False,
+            accelerator=accelerator,
+            callbacks=[StopAlone()],
+            max_epochs=4,
+            random_state=0,
+        )
+        with warnings.catch_warnings():  # "Training was interrupted": what is tested
+            warnings.simplefilter("ignore", UserWarning)
+            stopped.fit(X, y)
+        (out / f"epochs-rank{rank}.txt").write_text(f"{len(stopped.history_)}\n")
     clf = FoundationClassifier(
         encoder(),
         freeze_backbone=False,
