@@ -50,16 +50,18 @@ def test_two_processes_train_as_one_and_the_result_is_a_plain_estimator(tmp_path
     Each step's batch of 64 rows is split 32/32 across the processes
     (``split_batches``) and DistributedDataParallel averages the two halves'
     gradients: the mean of two 32-row means is the 64-row mean, so each
-    step's gradient is the single-process one up to float rounding. The
+    step's gradient is the one-process gradient up to float rounding. The
     runs still differ in the order the rows are drawn (accelerate shuffles
     with a generator it keeps in sync across the processes, not the one a
     plain DataLoader draws from), so the models are two fits of the same
-    recipe on differently shuffled data: measured on this data, 96.9% of
-    test predictions agree (two one-process fits with other seeds agree on
-    97.5-98.5%), accuracies 0.969 and 0.963, first-epoch training losses
-    1.7198 and 1.7183. The tolerances below: accuracies within 0.03,
-    predicted classes agree on 95%, first-epoch loss within 2% (without
-    the averaging, each process stepping on its own rows, it was 21% off).
+    recipe on differently shuffled rows. Measured here (10 epochs): 96.3%
+    of the 325 test predictions agree, accuracies 0.963 and 0.966,
+    first-epoch training losses 1.7198 and 1.7183; one-process fits with
+    seeds 1-3 agree with seed 0's on 96.6-97.8%, accuracies 0.960-0.966.
+    Tolerances: accuracies within 0.03 (both above 0.9), predicted classes
+    agreeing on 93% (what seeds give, less a margin for other CPUs' float
+    rounding), first-epoch loss within 2% (each process stepping on its
+    own 64 rows, without ``split_batches``, was 21% off).
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
@@ -79,7 +81,7 @@ def test_two_processes_train_as_one_and_the_result_is_a_plain_estimator(tmp_path
     accuracy_two = (rank0.argmax(1) == y_test).mean()
     accuracy_one = (plain.argmax(1) == y_test).mean()
     assert accuracy_two > 0.9 and abs(accuracy_two - accuracy_one) <= 0.03
-    assert (rank0.argmax(1) == plain.argmax(1)).mean() >= 0.95
+    assert (rank0.argmax(1) == plain.argmax(1)).mean() >= 0.93
     with open(tmp_path / "estimator-rank0.pkl", "rb") as file:
         two = pickle.load(file)
     with open(tmp_path / "estimator-plain.pkl", "rb") as file:
