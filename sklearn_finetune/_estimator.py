@@ -20,6 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._accelerate import accelerator_device
 from ._batches import feature_batches
 from ._cache import FeatureCache, feature_cache
 from ._device import HEAD_THREADS, resolve_device, torch_threads
@@ -31,7 +32,7 @@ from ._module import FoundationModule, representation_size
 from ._net import FoundationNet, build_net
 from ._optimization import backbone_groups
 from ._parameters import EstimatorParameters
-from ._plan import FitPlan, check_lengths, plan_fit
+from ._plan import FitPlan, check_lengths, plan_fit, regime_of
 from ._probe_solver import LinearSolver
 from ._representation import Representation
 
@@ -244,7 +245,10 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             module,
             train_split=plan.validation.split_inputs(),
             optimizer__param_groups=groups,
-            **loader_settings(frozen=False, array_input=isinstance(X, np.ndarray)),
+            # accelerate shards a torch DataLoader; feature_batches' index sampler it cannot
+            **loader_settings(
+                frozen=False, array_input=isinstance(X, np.ndarray) and not plan.accelerated
+            ),
         )
         net.fit(X, list(plan.targets))
         return module, net
@@ -296,7 +300,11 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             )
         y = self._validate_y(y)
         check_lengths(X, y, "X", "y")
-        device = resolve_device(self.device)
+        if self.accelerator is None:
+            device = resolve_device(self.device)
+        else:
+            regime = regime_of(self.encoder, self.freeze_backbone, self.unfreeze_at)
+            device = accelerator_device(self, regime)
         user_encoder = (
             contextlib.nullcontext() if self.encoder is None else preserved_modes(self.encoder)
         )
@@ -439,9 +447,12 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         tensor was, and :meth:`__setstate__` maps them to the CPU there.
         Inside that ``torch.save`` (the estimator is reached again from its
         own callbacks) the plain state is pickled: torch's pickler already
-        handles every tensor.
+        handles every tensor. ``accelerator`` is pickled as None: it is a
+        handle on the processes of one launch, which another process has not.
         """
         state = super().__getstate__()
+        if state.get("accelerator") is not None:  # a handle on this launch's processes only
+            state = {**state, "accelerator": None}
         if getattr(_pickling, "active", False):
             return state
         buffer = io.BytesIO()
@@ -471,7 +482,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
 
     def __sklearn_clone__(self) -> FoundationEstimator:
         """An unfitted copy sharing the encoder and cache objects (see :func:`clone_sharing`)."""
-        return clone_sharing(self)
+        return clone_sharing(self, ("encoder", "cache", "accelerator"))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

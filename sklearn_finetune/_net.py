@@ -90,9 +90,14 @@ class FoundationNet(NeuralNet):
     def check_data(self, X: Any, y: Any) -> None:
         """Nothing to check: the estimator validated X and y before building the net."""
 
+    def _unwrapped_module(self) -> nn.Module:
+        """``module_`` as built (``AcceleratedNet`` unwraps its DistributedDataParallel)."""
+        return self.module_
+
     def get_all_learnable_params(self) -> Iterator[tuple[str, nn.Parameter]]:
-        if isinstance(self.module_, FoundationModule):
-            return self.module_.trainable_named_parameters()
+        module = self._unwrapped_module()
+        if isinstance(module, FoundationModule):
+            return module.trainable_named_parameters()
         return super().get_all_learnable_params()
 
     def get_params_for_optimizer(self, prefix: str, named_parameters: Any) -> tuple[tuple, dict]:
@@ -156,7 +161,7 @@ class FoundationNet(NeuralNet):
         Frozen features were checked when they were encoded; a trained
         encoder runs again on the batch, without gradients, only now.
         """
-        module = self.module_
+        module = self._unwrapped_module()
         if not isinstance(module, FoundationModule) or module.frozen:
             return
         if not all(parameter.isfinite().all() for parameter in module.encoder.parameters()):
@@ -190,6 +195,11 @@ class FoundationNet(NeuralNet):
                 f"({error}). Scale X (e.g. StandardScaler) or raise weight_decay."
             ) from error
 
+    def _clip_grad_norm(self, max_norm: float) -> None:
+        """Clip the (unscaled) gradients' global norm to ``max_norm``."""
+        parameters = [parameter for _, parameter in self.get_all_learnable_params()]
+        nn.utils.clip_grad_norm_(parameters, max_norm)
+
     def train_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
         """One optimizer step: L-BFGS through skorch's closure, other optimizers directly.
 
@@ -221,9 +231,7 @@ class FoundationNet(NeuralNet):
         if scaler is not None:
             scaler.unscale_(self.optimizer_)
         if self.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(
-                [parameter for _, parameter in self.get_all_learnable_params()], self.max_grad_norm
-            )
+            self._clip_grad_norm(self.max_grad_norm)
         self.notify(
             "on_grad_computed",
             named_parameters=TeeGenerator(self.get_all_learnable_params()),
@@ -287,4 +295,8 @@ def build_net(
     )
     if not estimator.verbose:  # PrintLog formats a table each epoch even when it prints nothing
         defaults["callbacks__print_log"] = None
+    if plan.accelerated:
+        from ._accelerate import AcceleratedNet
+
+        return AcceleratedNet(accelerator=estimator.accelerator, **{**defaults, **settings})
     return FoundationNet(**{**defaults, **settings})

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from torch import nn
 
 from ._cache import FeatureCache
@@ -444,6 +445,31 @@ class EstimatorParameters:
         doc="""
         ``"auto"`` picks CUDA, then MPS, then the CPU. A device that is not
         available falls back to the CPU with a warning.
+        """,
+    )
+    accelerator: Any = parameter(
+        default=None,
+        constraints=[HasMethods(["prepare", "unwrap_model", "backward"]), None],
+        types="accelerate.Accelerator or None",
+        doc="""
+        Train on several processes or devices through Hugging Face
+        accelerate (``pip install sklearn-finetune[accelerate]``), run as
+        ``accelerate launch --num_processes N script.py``: the model is
+        wrapped in DistributedDataParallel, each training batch is split
+        across the processes (``Accelerator(split_batches=True)`` keeps
+        ``batch_size`` the batch of one step; otherwise each process takes
+        ``batch_size`` rows), gradients are averaged, and training's mixed
+        precision is the accelerator's ``mixed_precision``. Only a trained
+        backbone (``freeze_backbone=False``, or ``encoder=None``) is trained
+        this way; a frozen backbone is refused. ``device`` must be
+        ``"auto"`` (the accelerator's device is used), ``precision``
+        ``"32"`` or the accelerator's own, and ``random_state`` an int when
+        there are several processes. Validation runs whole in every
+        process. After training the model is unwrapped: the fitted
+        estimator predicts in one process, pickles (without the
+        accelerator) and saves (:func:`save_estimator` writes on the main
+        process only). Shared, not copied, by ``clone``. See
+        docs/scaling.md.
         """,
     )
     random_state: int | np.random.RandomState | None = parameter(

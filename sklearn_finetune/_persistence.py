@@ -119,6 +119,9 @@ def save_estimator(estimator: FoundationEstimator, path: str | os.PathLike) -> N
     refuses a different one. A fine-tuned encoder, and the MLP of
     ``encoder=None``, are stored. ``cache`` is stored as ``True`` unless it
     is ``False`` (a path or a ``FeatureCache`` belongs to this machine).
+    ``accelerator`` is stored as None; with one set, only its main process
+    writes (as ``Accelerator.save``), and the others return at once: call
+    ``accelerator.wait_for_everyone()`` before another process reads it.
 
     Parameters
     ----------
@@ -162,6 +165,8 @@ def save_estimator(estimator: FoundationEstimator, path: str | os.PathLike) -> N
     params = estimator.get_params(deep=False)
     del params["encoder"]
     params["cache"] = params["cache"] is not False
+    accelerator = params["accelerator"]
+    params["accelerator"] = None  # a handle on this launch's processes, not a setting
     kind = _encoder_kind(estimator)
     fitted = {
         attribute: encode_value(getattr(estimator, attribute), attribute, arrays=True)
@@ -194,6 +199,8 @@ def save_estimator(estimator: FoundationEstimator, path: str | os.PathLike) -> N
         _tensors_to_save(estimator.module_, kind), metadata={"format": "pt"}
     )
     config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    if accelerator is not None and not accelerator.is_main_process:
+        return  # one process writes, as accelerate's Accelerator.save
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     # Each file is replaced whole (written beside it, then renamed), the weights

@@ -188,6 +188,8 @@ class FitPlan:
         :data:`AUTO_MAX_EPOCHS`).
     n_iter_no_change : int or None
         Epochs without improvement that stop training (``patience`` mapped).
+    accelerated : bool, default=False
+        Whether ``accelerator`` trains (see ``_accelerate``).
     """
 
     regime: Regime
@@ -202,6 +204,7 @@ class FitPlan:
     targets: Targets
     validation: Validation
     blocks: list[list[str]] | None
+    accelerated: bool = False
 
     @property
     def n_train(self) -> int:
@@ -298,6 +301,7 @@ def plan_fit(
         targets=targets,
         validation=validation,
         blocks=backbone_blocks(encoder) if needs_blocks else None,
+        accelerated=estimator.accelerator is not None,
     )
 
 
