@@ -74,10 +74,11 @@ FEATURE_BATCH_SIZE = 4096
 def loader_settings(*, frozen: bool, array_input: bool) -> dict[str, Any]:
     """The skorch loader settings of a net: how batches reach the module.
 
-    Cached features (frozen) and an array X are batched by indexing
-    (:func:`feature_batches`), features at prediction in batches of
-    ``FEATURE_BATCH_SIZE``; a dict X (a tokenizer's output) goes through
-    skorch's own loader. ``fit`` and ``load_estimator`` both build nets with it.
+    Cached features (frozen) and an array X (in memory or read from disk)
+    are batched by indexing (:func:`feature_batches`), features at
+    prediction in batches of ``FEATURE_BATCH_SIZE``; a dict X (a
+    tokenizer's output, a dataset of several columns) goes through skorch's
+    own loader, sample by sample. ``fit`` and ``load_estimator`` both build nets with it.
     """
     if frozen:
         return dict(
@@ -244,7 +245,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             module,
             train_split=plan.validation.split_inputs(),
             optimizer__param_groups=groups,
-            **loader_settings(frozen=False, array_input=isinstance(X, np.ndarray)),
+            **loader_settings(frozen=False, array_input=not isinstance(self.input_shape_, dict)),
         )
         net.fit(X, list(plan.targets))
         return module, net
