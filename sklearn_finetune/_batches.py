@@ -1,4 +1,4 @@
-"""Mini-batches of an array X (cached features, X in memory, or X read from disk), one indexing per batch."""
+"""Mini-batches of an array X (cached features, X in memory or on disk), one indexing each."""
 
 from __future__ import annotations
 
@@ -80,9 +80,10 @@ def feature_batches(
     skorch's default ``DataLoader`` fetches sample by sample and stacks them;
     when X is one array in memory (a frozen backbone's features on the
     device, or an array X fed to a trained backbone), a batch is one
-    ``X[indices]`` instead (for an X read from disk, a :class:`StreamedX`,
-    the batch's rows are read then and only then) (skorch's own dataset indexing is bypassed too:
-    its per-batch checks cost more than a small model's step). The batches,
+    ``X[indices]`` instead; an X read from disk (a :class:`StreamedX`)
+    reads the batch's rows then and only then. skorch's own dataset
+    indexing is bypassed too: its per-batch checks cost more than a small
+    model's step. The batches,
     and the random numbers drawn to shuffle them, are those of
     ``DataLoader(dataset, batch_size, shuffle, drop_last)``, so the head
     trains exactly as it would with per-sample loading. Pass it as skorch's
@@ -91,8 +92,9 @@ def feature_batches(
     Parameters
     ----------
     dataset : skorch.dataset.Dataset or torch.utils.data.Subset of one
-        Holds ``X`` as a tensor, a NumPy array or a :class:`StreamedX`, and ``y`` as a sequence of
-        them (targets and sample weights) or None, as skorch builds it from
+        Holds ``X`` as a tensor, a NumPy array or a :class:`StreamedX`,
+        and ``y`` as a sequence of tensors or arrays (targets and sample
+        weights) or None, as skorch builds it from
         ``net.fit(X, y)``; a ``Subset`` (held-out rows) takes its rows.
     batch_size : int
         Samples per batch.
@@ -109,7 +111,6 @@ def feature_batches(
     --------
     >>> import torch
     >>> from skorch.dataset import Dataset
-from skorch.utils import to_tensor
     >>> from sklearn_finetune._batches import feature_batches
     >>> dataset = Dataset(torch.zeros(5, 3), (torch.arange(5), torch.ones(5)))
     >>> [(tuple(X.shape), len(target)) for X, (target, weight) in feature_batches(dataset, 2)]

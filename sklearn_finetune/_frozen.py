@@ -22,7 +22,6 @@ from ._device import autocast
 from ._encoder import prepare_encoder, preserved_modes
 from ._fingerprint import encoder_fingerprint, row_digests
 from ._inputs import ModelInput, n_samples
-from ._streamed import StreamedX
 from ._module import (
     attention_mask,
     call_encoder,
@@ -31,6 +30,7 @@ from ._module import (
     representation_size,
 )
 from ._representation import Representation
+from ._streamed import StreamedX
 
 
 def encode(
@@ -121,7 +121,9 @@ def embed(
     (:class:`StreamedX`) is read once, a block at a time: each block is
     hashed, looked up, encoded where the cache lacks it and cached as one
     block (on disk too, with a directory); only the features are held
-    whole. ``first_row`` is X's first row in the X the user passed (for
+    whole. When every sample is missing, X itself is encoded (the
+    positions are then all of X's rows in order), not a copy of it.
+    ``first_row`` is X's first row in the X the user passed (for
     error messages).
 
     Returns
@@ -161,7 +163,7 @@ def embed(
         lambda positions: encode(
             encoder,
             representation,
-            multi_indexing(X, positions),
+            X if len(positions) == n_samples(X) else multi_indexing(X, positions),
             device=device,
             batch_size=batch_size,
             precision=precision,

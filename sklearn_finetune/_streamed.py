@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 #: Bytes of X read at a time by the passes over all of it (checks, hashing,
-#: frozen encoding): 64 MiB.
-BLOCK_BYTES = 64 * 2**20
+#: frozen encoding): 32 MiB. A block is also what the feature cache stores
+#: (and writes to disk) as one entry.
+BLOCK_BYTES = 32 * 2**20
+
+#: Bytes of a memory map read between two hand-backs of its pages to the OS.
+RELEASE_BYTES = 8 * 2**20
 
 #: The largest magnitude float32, the precision the model computes in, holds.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -71,16 +75,26 @@ def to_model_dtype(array: np.ndarray, name: str = "X") -> np.ndarray:
 
 
 def _release_pages(array: np.memmap) -> None:
-    """Hand the pages of a shared memory map back to the OS (a private ``mode="c"`` map keeps its own)."""
+    """Hand a shared memory map's pages back to the OS (a private ``mode="c"`` map keeps them)."""
     handle = getattr(array, "_mmap", None)
     if handle is not None and array.mode != "c" and hasattr(mmap, "MADV_DONTNEED"):
         handle.madvise(mmap.MADV_DONTNEED)
 
 
 def _memmap_reader(array: np.memmap) -> Callable[[Rows], Batch]:
+    row_bytes = max(1, array[:1].nbytes)
+    step = max(1, RELEASE_BYTES // row_bytes)
+
     def read(rows: Rows) -> np.ndarray:
-        batch = np.array(array[rows])  # a copy: the batch outlives the released pages
-        _release_pages(array)
+        if not isinstance(rows, slice):
+            batch = np.asarray(array[rows])  # an index array: numpy copies the rows
+            _release_pages(array)
+            return batch
+        view = array[rows]
+        batch = np.empty(view.shape, dtype=view.dtype)
+        for start in range(0, len(view), step):
+            batch[start : start + step] = view[start : start + step]
+            _release_pages(array)
         return batch
 
     return read
@@ -98,56 +112,69 @@ def _datasets_reader(dataset: Any) -> Callable[[Rows], Batch]:
     return read
 
 
-def _as_array(value: Any) -> Any:
-    return tensor_to_numpy(value) if isinstance(value, torch.Tensor) else value
-
-
-def _item(item: Any, index: int) -> Any:
-    if isinstance(item, Mapping):
-        return {key: _as_array(value) for key, value in item.items()}
-    if isinstance(item, (torch.Tensor, np.ndarray)):
-        return _as_array(item)
+def _as_array(value: Any, index: int, what: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return tensor_to_numpy(value)
+    if isinstance(value, np.ndarray):
+        return value
     hint = (
         " If it is an (input, target) pair, pass a dataset of the inputs only and y to fit."
-        if isinstance(item, tuple)
+        if isinstance(value, tuple)
         else ""
     )
     raise TypeError(
         f"The items of a torch Dataset X must be tensors, arrays or dicts of them (the "
-        f"inputs of one sample); item {index} is a {type(item).__name__}.{hint}"
+        f"inputs of one sample); {what} of item {index} is a {type(value).__name__}.{hint}"
     )
+
+
+def _item(item: Any, index: int) -> np.ndarray | dict[str, np.ndarray]:
+    if isinstance(item, Mapping):
+        return {key: _as_array(value, index, f"key {key!r}") for key, value in item.items()}
+    return _as_array(item, index, "the value")
+
+
+def _stack_arrays(samples: list[Any], indices: list[int], name: str) -> np.ndarray:
+    first = samples[0]
+    for sample, index in zip(samples, indices, strict=True):
+        if sample.shape != first.shape:
+            raise ValueError(
+                f"{name} has samples of different shapes: {sample.shape} at item {index}, "
+                f"{first.shape} at item {indices[0]}; every sample must have the same shape."
+            )
+    return np.stack(samples)
 
 
 def _stack(samples: list[Any], indices: list[int]) -> Batch:
     first = samples[0]
-    if isinstance(first, dict):
-        for sample, index in zip(samples, indices):
-            if not isinstance(sample, dict) or set(sample) != set(first):
+    if not isinstance(first, dict):
+        for sample, index in zip(samples, indices, strict=True):
+            if isinstance(sample, dict):
                 raise ValueError(
-                    f"Item {index} of the torch Dataset X is not a dict with the keys "
-                    f"{sorted(first)} of item {indices[0]}; every item must have the same form."
+                    f"Item {index} of the torch Dataset X is a dict, item {indices[0]} is "
+                    "not; every item must have the same form."
                 )
-        return {key: _stack([s[key] for s in samples], indices) for key in first}  # type: ignore[misc]
-    for sample, index in zip(samples, indices):
-        if not isinstance(sample, np.ndarray) or sample.shape != first.shape:
-            shape = getattr(sample, "shape", type(sample).__name__)
+        return _stack_arrays(samples, indices, "The torch Dataset X")
+    for sample, index in zip(samples, indices, strict=True):
+        if not isinstance(sample, dict) or set(sample) != set(first):
             raise ValueError(
-                f"Item {index} of the torch Dataset X has shape {shape}, item {indices[0]} "
-                f"{first.shape}: every sample must have the same shape."
+                f"Item {index} of the torch Dataset X is not a dict with the keys "
+                f"{sorted(first)} of item {indices[0]}; every item must have the same form."
             )
-    return np.stack(samples)
+    return {
+        key: _stack_arrays([s[key] for s in samples], indices, f"X[{key!r}] (a torch Dataset)")
+        for key in first
+    }
 
 
 def _torch_reader(dataset: Any) -> Callable[[Rows], Batch]:
     def read(rows: Rows) -> Batch:
         indices = (
-            list(range(*rows.indices(len(dataset))))
-            if isinstance(rows, slice)
-            else rows.tolist()
+            list(range(*rows.indices(len(dataset)))) if isinstance(rows, slice) else rows.tolist()
         )
         getitems = getattr(dataset, "__getitems__", None)
         items = getitems(indices) if getitems is not None else [dataset[i] for i in indices]
-        return _stack([_item(item, i) for item, i in zip(items, indices)], indices)
+        return _stack([_item(item, i) for item, i in zip(items, indices, strict=True)], indices)
 
     return read
 
@@ -264,12 +291,13 @@ class StreamedX:
         if not isinstance(rows, slice):
             rows = np.asarray(rows)
         batch = self._read(rows)
-        if isinstance(batch, dict):
+        layout = self.layout
+        if isinstance(batch, dict) and isinstance(layout, dict):
             return {
-                key: self._checked(value, self.layout[key], f"X[{key!r}]")  # type: ignore[index]
+                key: self._checked(value, layout[key], f"X[{key!r}]")
                 for key, value in batch.items()
             }
-        return self._checked(batch, self.layout, "X")
+        return self._checked(cast(np.ndarray, batch), layout, "X")
 
     def _checked(self, array: np.ndarray, shape: Any, name: str) -> np.ndarray:
         array = _convert(array, f"{name} ({self.kind})", for_mlp=self.for_mlp)
