@@ -264,9 +264,11 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor or dict
+        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor, dict or Dataset
             Training input; a dict maps the encoder's keyword arguments to
-            arrays of n_samples rows.
+            arrays of n_samples rows. X larger than memory (a
+            ``numpy.memmap``, a ``datasets.Dataset`` or a torch ``Dataset``
+            of inputs only) is read in batches, never copied whole.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels or a multilabel indicator matrix (classifier), or
             targets (regressor).
