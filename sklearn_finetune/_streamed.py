@@ -47,7 +47,7 @@ Rows = slice | np.ndarray
 def is_streamed_input(X: Any) -> bool:
     """Whether X is read in batches: a memmap, a ``datasets.Dataset`` or a torch ``Dataset``."""
     return isinstance(X, (np.memmap, torch.utils.data.Dataset)) or (
-        type(X).__module__.startswith("datasets.") and type(X).__name__ == "Dataset"
+        type(X).__module__.startswith("datasets.") and type(X).__name__.endswith("Dataset")
     )
 
 
