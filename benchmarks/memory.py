@@ -25,7 +25,7 @@ shared and reclaimable), so what is reported is what the fit itself holds.
 
 Run from the repository root::
 
-    python benchmarks/memory.py                      # 2 GB, about 10 minutes on 2 cores
+    python benchmarks/memory.py                      # 2 GB, about 16 minutes on 2 shared cores
     python benchmarks/memory.py --rows 50000         # 200 MB, to try it out
 """
 
