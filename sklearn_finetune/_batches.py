@@ -1,4 +1,4 @@
-"""Mini-batches of in-memory arrays (cached features, or X itself), one indexing per batch."""
+"""Mini-batches of an array X (cached features, X in memory or on disk), one indexing each."""
 
 from __future__ import annotations
 
@@ -7,20 +7,25 @@ from typing import Any, cast
 
 import torch
 from skorch.dataset import Dataset
+from skorch.utils import to_tensor
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler, Subset
 from torch.utils.data import Dataset as TorchDataset
+
+from ._streamed import StreamedX
 
 Targets = Sequence[torch.Tensor]
 Batch = tuple[torch.Tensor, "list[torch.Tensor] | None"]
 
 
 class _Rows(TorchDataset):
-    """A tensor X and targets y (tensors, or None), indexed a whole batch of rows at a time.
+    """X (a tensor, or a :class:`StreamedX` read from disk) and targets y, a whole batch at a time.
 
     ``index`` maps the dataset's rows to rows of X (the rows of a ``Subset``).
     """
 
-    def __init__(self, X: torch.Tensor, y: Targets | None, index: torch.Tensor | None) -> None:
+    def __init__(
+        self, X: torch.Tensor | StreamedX, y: Targets | None, index: torch.Tensor | None
+    ) -> None:
         self.X = X
         self.y = y
         self.index = index
@@ -31,7 +36,10 @@ class _Rows(TorchDataset):
     def __getitem__(self, rows: torch.Tensor) -> Batch:
         if self.index is not None:
             rows = self.index[rows]
-        return self.X[rows], None if self.y is None else [target[rows] for target in self.y]
+        targets = None if self.y is None else [target[rows] for target in self.y]
+        if isinstance(self.X, StreamedX):
+            return to_tensor(self.X[rows.numpy()], "cpu"), targets
+        return self.X[rows], targets
 
 
 class _IndexBatches(Sampler):
@@ -72,8 +80,10 @@ def feature_batches(
     skorch's default ``DataLoader`` fetches sample by sample and stacks them;
     when X is one array in memory (a frozen backbone's features on the
     device, or an array X fed to a trained backbone), a batch is one
-    ``X[indices]`` instead (skorch's own dataset indexing is bypassed too:
-    its per-batch checks cost more than a small model's step). The batches,
+    ``X[indices]`` instead; an X read from disk (a :class:`StreamedX`)
+    reads the batch's rows then and only then. skorch's own dataset
+    indexing is bypassed too: its per-batch checks cost more than a small
+    model's step. The batches,
     and the random numbers drawn to shuffle them, are those of
     ``DataLoader(dataset, batch_size, shuffle, drop_last)``, so the head
     trains exactly as it would with per-sample loading. Pass it as skorch's
@@ -82,8 +92,9 @@ def feature_batches(
     Parameters
     ----------
     dataset : skorch.dataset.Dataset or torch.utils.data.Subset of one
-        Holds ``X`` as a tensor or NumPy array and ``y`` as a sequence of
-        them (targets and sample weights) or None, as skorch builds it from
+        Holds ``X`` as a tensor, a NumPy array or a :class:`StreamedX`,
+        and ``y`` as a sequence of tensors or arrays (targets and sample
+        weights) or None, as skorch builds it from
         ``net.fit(X, y)``; a ``Subset`` (held-out rows) takes its rows.
     batch_size : int
         Samples per batch.
@@ -109,11 +120,12 @@ def feature_batches(
     if isinstance(dataset, Subset):
         index = torch.as_tensor(dataset.indices)
         dataset = cast(Dataset, dataset.dataset)
-    X = torch.as_tensor(dataset.X)
+    X = dataset.X if isinstance(dataset.X, StreamedX) else torch.as_tensor(dataset.X)
+    device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
     y = None if dataset.y is None else [torch.as_tensor(target) for target in dataset.y]
-    rows = _Rows(X, y, None if index is None else index.to(X.device))
+    rows = _Rows(X, y, None if index is None else index.to(device))
     order = RandomSampler(rows) if shuffle else SequentialSampler(rows)
-    batches = _IndexBatches(order, batch_size, drop_last, rows.X.device)
+    batches = _IndexBatches(order, batch_size, drop_last, device)
     return DataLoader(rows, batch_size=None, sampler=batches, collate_fn=_as_is)
 
 

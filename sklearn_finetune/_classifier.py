@@ -294,7 +294,7 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, torch.Tensor or dict
+        X : array-like, DataFrame, torch.Tensor, dict or Dataset
             Input in the form used at fit time.
 
         Returns
@@ -310,7 +310,7 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, torch.Tensor or dict
+        X : array-like, DataFrame, torch.Tensor, dict or Dataset
             Input in the form used at fit time.
 
         Returns

@@ -120,7 +120,7 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor or dict
+        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor, dict or Dataset
             Input, as for :class:`FoundationClassifier`.
         y : None
             Ignored.
@@ -141,7 +141,7 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor or dict
+        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor, dict or Dataset
             Input in the form ``fit`` saw.
 
         Returns

@@ -75,10 +75,11 @@ FEATURE_BATCH_SIZE = 4096
 def loader_settings(*, frozen: bool, array_input: bool) -> dict[str, Any]:
     """The skorch loader settings of a net: how batches reach the module.
 
-    Cached features (frozen) and an array X are batched by indexing
-    (:func:`feature_batches`), features at prediction in batches of
-    ``FEATURE_BATCH_SIZE``; a dict X (a tokenizer's output) goes through
-    skorch's own loader. ``fit`` and ``load_estimator`` both build nets with it.
+    Cached features (frozen) and an array X (in memory or read from disk)
+    are batched by indexing (:func:`feature_batches`), features at
+    prediction in batches of ``FEATURE_BATCH_SIZE``; a dict X (a
+    tokenizer's output, a dataset of several columns) goes through skorch's
+    own loader, sample by sample. ``fit`` and ``load_estimator`` both build nets with it.
     """
     if frozen:
         return dict(
@@ -247,7 +248,8 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             optimizer__param_groups=groups,
             # accelerate shards a torch DataLoader; feature_batches' index sampler it cannot
             **loader_settings(
-                frozen=False, array_input=isinstance(X, np.ndarray) and not plan.accelerated
+                frozen=False,
+                array_input=not isinstance(self.input_shape_, dict) and not plan.accelerated,
             ),
         )
         net.fit(X, list(plan.targets))
@@ -267,9 +269,11 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor or dict
+        X : array-like of shape (n_samples, ...), DataFrame, torch.Tensor, dict or Dataset
             Training input; a dict maps the encoder's keyword arguments to
-            arrays of n_samples rows.
+            arrays of n_samples rows. X larger than memory (a
+            ``numpy.memmap``, a ``datasets.Dataset`` or a torch ``Dataset``
+            of inputs only) is read in batches, never copied whole.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels or a multilabel indicator matrix (classifier), or
             targets (regressor).

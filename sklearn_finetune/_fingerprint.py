@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._inputs import ModelInput, n_samples
+from ._inputs import n_samples
 
 #: Bumped when what the cache stores or how keys are made changes, so that a
 #: directory written by an older version is never read as current.
@@ -106,10 +106,12 @@ def encoder_fingerprint(
     return digest.hexdigest()
 
 
-def row_digests(X: ModelInput) -> list[bytes]:
+def row_digests(X: np.ndarray | Mapping[str, np.ndarray]) -> list[bytes]:
     """One digest per sample of validated input, from its dtype, shape and bytes.
 
     A dict input hashes each sample's rows of all its arrays, in key order.
+    An X read in batches (memmap, dataset) is hashed a block at a time by
+    the caller: a block's digests are those of the same rows in memory.
 
     Examples
     --------

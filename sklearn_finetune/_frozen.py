@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from ._module import (
     representation_size,
 )
 from ._representation import Representation
+from ._streamed import StreamedX
 
 
 def encode(
@@ -108,18 +110,40 @@ def embed(
     key: str | None = None,
     precision: str = "32",
     progress: bool = False,
+    first_row: int = 0,
 ) -> np.ndarray:
     """The features of X under a frozen encoder, encoding only what ``cache`` lacks.
 
     The encoder's weights are hashed once per call (unless ``key``, their
     fingerprint from :func:`cache_key`, is given) and each sample once, so
     that clones, folds and repeated predictions share what was computed.
-    Without a cache, X is encoded once, in full.
+    Without a cache, X is encoded once, in full. An X read in batches
+    (:class:`StreamedX`) is read once, a block at a time: each block is
+    hashed, looked up, encoded where the cache lacks it and cached as one
+    block (on disk too, with a directory); only the features are held
+    whole. When every sample is missing, X itself is encoded (the
+    positions are then all of X's rows in order), not a copy of it.
+    ``first_row`` is X's first row in the X the user passed (for
+    error messages).
 
     Returns
     -------
     ndarray of shape (n_samples, width), float32
     """
+    if isinstance(X, StreamedX):
+        if cache is not None and key is None:
+            key = cache_key(encoder, representation, device, precision)
+        return _embed_blocks(
+            encoder,
+            representation,
+            X,
+            device=device,
+            batch_size=batch_size,
+            cache=cache,
+            key=key,
+            precision=precision,
+            progress=progress,
+        )
     if cache is None:
         return encode(
             encoder,
@@ -129,6 +153,7 @@ def embed(
             batch_size=batch_size,
             precision=precision,
             progress=progress,
+            rows=np.arange(first_row, first_row + n_samples(X)),
         )
     if key is None:
         key = cache_key(encoder, representation, device, precision)
@@ -138,14 +163,35 @@ def embed(
         lambda positions: encode(
             encoder,
             representation,
-            multi_indexing(X, positions),
+            X if len(positions) == n_samples(X) else multi_indexing(X, positions),
             device=device,
             batch_size=batch_size,
             precision=precision,
             progress=progress,
-            rows=positions,
+            rows=positions + first_row,
         ),
     )
+
+
+def _embed_blocks(
+    encoder: nn.Module, representation: Representation, X: StreamedX, **settings: Any
+) -> np.ndarray:
+    """:func:`embed` over a :class:`StreamedX`, one block of rows in memory at a time."""
+    out: np.ndarray | None = None
+    for start, block in X.blocks():
+        features = embed(encoder, representation, block, first_row=start, **settings)
+        if out is None:
+            out = np.empty((len(X), *features.shape[1:]), dtype=np.float32)
+        elif features.shape[1:] != out.shape[1:]:
+            raise ValueError(
+                f"The encoder ({type(encoder).__name__}) returned features of shape "
+                f"{features.shape[1:]} per sample for X's rows from {start}, and "
+                f"{out.shape[1:]} before: an encoder must return the same width for every "
+                "batch."
+            )
+        out[start : start + len(features)] = features
+    assert out is not None  # a StreamedX has at least one sample
+    return out
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ The rules, in one place:
 * numpy arrays of any rank ``(n_samples, ...)`` with at least two axes, numeric
   pandas DataFrames, torch tensors (moved to the CPU), and dicts of
   equal-length arrays (passed to the encoder as keyword arguments);
+* X larger than memory: a ``numpy.memmap``, a Hugging Face ``datasets.Dataset``
+  or a torch ``Dataset``, kept where it is and read in batches
+  (:class:`~sklearn_finetune._streamed.StreamedX`), never copied whole;
 * floating data becomes float32; integer and boolean arrays (token ids,
   masks) keep their dtype for an encoder you pass, while DataFrames and
   everything fed to the built-in MLP become float32;
@@ -26,33 +29,9 @@ import torch
 from scipy import sparse
 from sklearn.utils.validation import check_array, validate_data
 
-ModelInput = np.ndarray | dict[str, np.ndarray]
+from ._streamed import StreamedX, is_streamed_input, tensor_to_numpy, to_model_dtype
 
-
-def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    tensor = tensor.detach().cpu()
-    if tensor.is_floating_point():
-        tensor = tensor.float()
-    return tensor.numpy()
-
-
-#: The largest magnitude float32, the precision the model computes in, holds.
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _to_model_dtype(array: np.ndarray, name: str = "X") -> np.ndarray:
-    """Floating data as float32; values float32 cannot hold are refused, not made infinite."""
-    if not np.issubdtype(array.dtype, np.floating):
-        return array
-    if array.dtype.itemsize > 4 and array.size:
-        largest = max(-float(array.min()), float(array.max()))
-        if largest > _FLOAT32_MAX:
-            raise ValueError(
-                f"{name} has values too large for float32, the precision the model "
-                f"computes in: the largest magnitude is {largest:.3g}, float32 holds up "
-                f"to {_FLOAT32_MAX:.3g}. Rescale {name} (e.g. with StandardScaler)."
-            )
-    return array.astype(np.float32, copy=False)
+ModelInput = np.ndarray | dict[str, np.ndarray] | StreamedX
 
 
 def _check_sample_size(array: np.ndarray, name: str = "X") -> None:
@@ -69,18 +48,27 @@ def _check_sample_size(array: np.ndarray, name: str = "X") -> None:
 
 
 def _describe(X: ModelInput) -> str:
+    if isinstance(X, StreamedX):
+        layout = X.layout
+        if isinstance(layout, dict):
+            return f"{X.kind} with inputs " + ", ".join(map(repr, layout))
+        return f"{X.kind} of samples of shape {layout}"
     if isinstance(X, Mapping):
         return "a dict with keys " + ", ".join(map(repr, X))
     return f"an array of shape {X.shape}"
 
 
+def _refuse_dict_for_mlp(keys: Any) -> None:
+    raise ValueError(
+        "X is a dict (or a dataset of several columns), but encoder=None builds an MLP "
+        "that takes one array. Pass an encoder whose forward accepts the keyword "
+        f"arguments {', '.join(map(repr, keys))}, or pass X as an array."
+    )
+
+
 def _validate_dict(X: Mapping, *, for_mlp: bool) -> dict[str, np.ndarray]:
     if for_mlp:
-        raise ValueError(
-            "X is a dict, but encoder=None builds an MLP that takes one array. Pass "
-            "an encoder whose forward accepts the keyword arguments "
-            f"{', '.join(map(repr, X))}, or pass X as an array."
-        )
+        _refuse_dict_for_mlp(X)
     if not X:
         raise ValueError("X is an empty dict; it must map input names to arrays.")
     arrays = {}
@@ -91,12 +79,12 @@ def _validate_dict(X: Mapping, *, for_mlp: bool) -> dict[str, np.ndarray]:
                 f"arguments, so they must be strings; got {key!r}."
             )
         if isinstance(value, torch.Tensor):
-            value = _tensor_to_numpy(value)
+            value = tensor_to_numpy(value)
         value = check_array(
             value, allow_nd=True, ensure_2d=False, dtype="numeric", input_name=f"X[{key!r}]"
         )
         _check_sample_size(value, f"X[{key!r}]")
-        arrays[key] = _to_model_dtype(value, f"X[{key!r}]")
+        arrays[key] = to_model_dtype(value, f"X[{key!r}]")
     lengths = {key: len(value) for key, value in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(
@@ -111,6 +99,31 @@ def _forget_2d_attributes(estimator: Any) -> None:
             delattr(estimator, name)
 
 
+def _validate_streamed(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> StreamedX:
+    """A memmap or a dataset as a :class:`StreamedX`, checked in one pass over blocks of it."""
+    X = StreamedX(X, for_mlp=for_mlp)
+    layout = X.layout
+    shapes = layout.values() if isinstance(layout, dict) else [layout]
+    if isinstance(layout, dict) and for_mlp:
+        _refuse_dict_for_mlp(layout)
+    if any(len(shape) == 0 for shape in shapes):
+        raise ValueError(
+            f"X ({X.kind}) has samples that are single numbers (shape ()); each sample "
+            "must be an array of at least one axis, as a 2-D X's rows are."
+        )
+    if any(0 in shape for shape in shapes):
+        raise ValueError(
+            f"X ({X.kind}) has samples of shape {layout}, which hold no values; every "
+            "axis of a sample must have length 1 or more."
+        )
+    if not isinstance(layout, dict) and len(layout) == 1:
+        validate_data(estimator, X, reset=reset, skip_check_array=True)
+    elif reset:
+        _forget_2d_attributes(estimator)
+    X.check_values()
+    return X
+
+
 def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelInput:
     """Check X and return it as float32/integer numpy data the module can take.
 
@@ -120,8 +133,10 @@ def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelIn
         Receives ``n_features_in_``, ``feature_names_in_`` (2-D input) and
         ``input_shape_`` when ``reset`` is true, and is checked against them
         otherwise.
-    X : array-like, DataFrame, torch.Tensor or dict of those
-        The input.
+    X : array-like, DataFrame, torch.Tensor, dict of those, memmap or Dataset
+        The input. A ``numpy.memmap``, a ``datasets.Dataset`` or a torch
+        ``Dataset`` is not read into memory: it is checked in one pass over
+        blocks of it and returned as a :class:`StreamedX`.
     reset : bool
         True in ``fit``; False in ``predict`` and friends.
     for_mlp : bool
@@ -130,7 +145,7 @@ def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelIn
 
     Returns
     -------
-    numpy.ndarray or dict of numpy.ndarray
+    numpy.ndarray, dict of numpy.ndarray, or StreamedX
     """
     if X is None:
         raise ValueError(
@@ -141,14 +156,18 @@ def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelIn
             f"Sparse data was passed as X ({type(X).__name__}), but encoders take dense "
             f"input; convert it with X.toarray()."
         )
-    if isinstance(X, Mapping):
+    shape: Any
+    if is_streamed_input(X):
+        X = _validate_streamed(estimator, X, reset=reset, for_mlp=for_mlp)
+        shape = X.layout
+    elif isinstance(X, Mapping):
         X = _validate_dict(X, for_mlp=for_mlp)
         if reset:
             _forget_2d_attributes(estimator)
-        shape: Any = {key: value.shape[1:] for key, value in X.items()}
+        shape = {key: value.shape[1:] for key, value in X.items()}
     else:
         if isinstance(X, torch.Tensor):
-            X = _tensor_to_numpy(X)
+            X = tensor_to_numpy(X)
         elif not hasattr(X, "ndim"):
             X = np.asarray(X)
         dtype = np.float32 if for_mlp or isinstance(X, pd.DataFrame) else "numeric"
@@ -159,7 +178,7 @@ def validate_X(estimator: Any, X: Any, *, reset: bool, for_mlp: bool) -> ModelIn
             _check_sample_size(X)
             if reset:
                 _forget_2d_attributes(estimator)
-        X = _to_model_dtype(X)
+        X = to_model_dtype(X)
         shape = X.shape[1:]
     if reset:
         estimator.input_shape_ = shape
@@ -193,7 +212,7 @@ def _check_same_layout(fitted: Any, given: Any, X: ModelInput) -> None:
             )
 
 
-def n_samples(X: np.ndarray | Mapping[str, Any]) -> int:
+def n_samples(X: ModelInput | Mapping[str, Any]) -> int:
     """Number of samples in validated input."""
     if isinstance(X, Mapping):
         return len(next(iter(X.values())))

@@ -164,7 +164,7 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, torch.Tensor or dict
+        X : array-like, DataFrame, torch.Tensor, dict or Dataset
             Input in the form used at fit time.
 
         Returns
