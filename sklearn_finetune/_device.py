@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -70,6 +71,37 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 #: ``precision`` -> the dtype autocast runs in (None: float32, no autocast).
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+#: Torch's random generators are process-wide. Fits, predictions and loads
+#: that fork them hold this lock, so that two running in threads of one
+#: process (joblib's threading backend, a dask worker with several threads)
+#: neither draw from each other's seeded stream nor restore it under each
+#: other: in threads they run one at a time, and give what they give alone.
+_RANDOM_STATE = threading.RLock()
+
+
+@contextlib.contextmanager
+def forked_random_state(devices: list[int]) -> Iterator[None]:
+    """``torch.random.fork_rng(devices)``, held by one thread of the process at a time.
+
+    Parameters
+    ----------
+    devices : list of int
+        The CUDA devices whose generators are restored too (the CPU's always is).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_finetune._device import forked_random_state
+    >>> before = torch.get_rng_state()
+    >>> with forked_random_state([]):
+    ...     _ = torch.manual_seed(3)
+    >>> bool((torch.get_rng_state() == before).all())
+    True
+    """
+    with _RANDOM_STATE, torch.random.fork_rng(devices=devices):
+        yield
 
 
 def seed_torch(seed: int, device: torch.device) -> None:

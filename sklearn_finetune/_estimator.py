@@ -23,7 +23,7 @@ from torch import nn
 from ._accelerate import accelerator_device
 from ._batches import feature_batches
 from ._cache import FeatureCache, feature_cache
-from ._device import HEAD_THREADS, resolve_device, torch_threads
+from ._device import HEAD_THREADS, forked_random_state, resolve_device, torch_threads
 from ._encoder import clone_sharing, preserved_modes
 from ._frozen import FrozenEncoding
 from ._heads import AttentionPooling, build_head
@@ -313,7 +313,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             contextlib.nullcontext() if self.encoder is None else preserved_modes(self.encoder)
         )
         rng_devices = [device.index] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices), user_encoder:
+        with forked_random_state(rng_devices), user_encoder:
             plan = plan_fit(self, X, y, sample_weight, device)
             if plan.regime == "frozen":
                 module, net = self._fit_head_on_features(plan, X)
@@ -431,7 +431,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         """
         check_is_fitted(self, "net_")
         X = self._validate_X(X, reset=False)
-        with torch.random.fork_rng(devices=[]):
+        with forked_random_state([]):
             if self.module_.frozen:
                 cache = feature_cache(self.cache)
                 representation = self.module_.representation

@@ -27,7 +27,7 @@ from torch import nn
 
 from ._checkpoint import _listed
 from ._classifier import FoundationClassifier
-from ._device import resolve_device
+from ._device import forked_random_state, resolve_device
 from ._encoder import mlp_backbone, prepare_encoder, preserved_modes
 from ._estimator import FoundationEstimator, loader_settings
 from ._fingerprint import encoder_fingerprint
@@ -437,7 +437,7 @@ def _load(directory: Path, encoder: nn.Module | None) -> FoundationEstimator:
         )
     # Building the layers draws their initial weights: keep the caller's torch random state.
     user_encoder = contextlib.nullcontext() if encoder is None else preserved_modes(encoder)
-    with torch.random.fork_rng(devices=[]), user_encoder:
+    with forked_random_state([]), user_encoder:
         backbone: nn.Module
         if encoder is None:  # kind "built", checked above
             backbone = mlp_backbone(estimator.input_shape_).to(device)

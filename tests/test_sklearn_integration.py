@@ -186,3 +186,26 @@ def test_verbose_prints_the_epoch_table(digits, capsys):
     table = capsys.readouterr().out
     assert "train_loss" in table and "valid_accuracy" in table
     assert len([line for line in table.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 2
+
+
+def test_fits_in_threads_give_what_they_give_one_after_another(digits):
+    """joblib's threading backend (as in a dask worker with several threads): same scores.
+
+    Torch's random generator is process-wide; fits in threads that seed and
+    restore it at once drew from each other's streams (different scores on
+    every run) until they were made to take turns.
+    """
+    import joblib
+
+    X, y = digits
+    X, y = X[:300] / 16, y[:300]
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
+    estimator = FoundationClassifier(
+        encoder, freeze_backbone=False, head="mlp", random_state=0, max_epochs=3
+    )
+    one_after_another = cross_val_score(estimator, X, y, cv=4)
+    with joblib.parallel_backend("threading"):
+        for _ in range(2):
+            in_threads = cross_val_score(estimator, X, y, cv=4, n_jobs=2)
+            np.testing.assert_array_equal(in_threads, one_after_another)
