@@ -1,4 +1,5 @@
 """Images: judge a pretrained CNN's features on digits it never saw, by every protocol.
+====================================================================================
 
 On scikit-learn's 8x8 digit images, a small CNN is pretrained (supervised)
 on the digits 0-4 while an :class:`OnlineProbe` follows how well its
@@ -21,6 +22,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
@@ -114,10 +116,29 @@ def main() -> None:
     print(f"\nDigits 5-9 ({len(X_new)} images), 5-fold accuracy\n")
     print(f"| {'protocol':<38} | accuracy | seconds |")
     print(f"|{'-' * 40}|----------|---------|")
+    results = {}
     for name, score in protocols.items():
         started = time.perf_counter()
-        scores = score()
+        results[name] = scores = np.asarray(score())
         print(f"| {name:<38} | {np.mean(scores):8.3f} | {time.perf_counter() - started:7.1f} |")
+
+    _, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5), layout="constrained")
+    epochs = [row["epoch"] for row in pretraining.history_ if "online_probe" in row]
+    left.plot(epochs, online, marker="o")
+    left.set_xlabel("pretraining epoch (digits 0-4)")
+    left.set_ylabel("linear probe accuracy, digits 5-9")
+    left.set_title("OnlineProbe during pretraining")
+    names = list(results)[::-1]
+    right.barh(
+        names,
+        [results[name].mean() for name in names],
+        xerr=[results[name].std() for name in names],
+        capsize=3,
+    )
+    right.set_xlim(min(results[name].mean() for name in names) - 0.1, 1.0)
+    right.set_xlabel("5-fold accuracy on the digits 5-9 (mean ± std)")
+    right.set_title("The pretrained CNN judged by every protocol")
+    plt.show()
 
 
 if __name__ == "__main__":

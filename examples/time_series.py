@@ -1,5 +1,5 @@
-"""Time series: pretrain a 1-D CNN by masked reconstruction, watch it with an online probe,
-checkpoint it, load it back, and judge it on UCR datasets (bundled with aeon).
+"""Time series: masked-reconstruction pretraining, an online probe, UCR datasets
+=============================================================================
 
 For each dataset the encoder is pretrained on the training series alone (no
 labels), with :class:`OnlineProbe` scoring a linear probe on the labelled
@@ -19,6 +19,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sklearn.neighbors import KNeighborsClassifier
@@ -69,6 +70,21 @@ class MaskedReconstruction(nn.Module):
         if self.training:
             x = x * (torch.rand(x.shape[0], 1, x.shape[2], device=x.device) > 0.25)
         return self.decoder(self.encoder(x)).transpose(1, 2)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table whose columns line up in a terminal too (numbers to the right)."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * width for width in widths], *rows]
+    return "\n".join(
+        "| "
+        + " | ".join(
+            cell.ljust(width) if j == 0 else cell.rjust(width)
+            for j, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        + " |"
+        for line in lines
+    )
 
 
 def load(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -176,10 +192,24 @@ def main() -> None:
 
     columns = list(rows[0][1])
     print("\nTest accuracy (official UCR split)\n")
-    print("| dataset | " + " | ".join(columns) + " |")
-    print("|---|" + "---|" * len(columns))
-    for name, scores in rows:
-        print(f"| {name} | " + " | ".join(f"{scores[c]:.3f}" for c in columns) + " |")
+    print(
+        markdown_table(
+            ["dataset", *columns],
+            [[name] + [f"{scores[column]:.3f}" for column in columns] for name, scores in rows],
+        )
+    )
+
+    _, ax = plt.subplots(figsize=(9, 3.5), layout="constrained")
+    width = 0.8 / len(columns)
+    for j, column in enumerate(columns):
+        positions = np.arange(len(rows)) + (j - (len(columns) - 1) / 2) * width
+        ax.bar(positions, [scores[column] for _, scores in rows], width, label=column)
+    ax.set_xticks(np.arange(len(rows)), [name for name, _ in rows])
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(ncols=4, fontsize="small", loc="lower center")
+    ax.set_title("UCR test accuracy by protocol")
+    plt.show()
 
 
 if __name__ == "__main__":
