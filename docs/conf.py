@@ -105,9 +105,15 @@ html_theme = "pydata_sphinx_theme"
 html_title = f"sklearn_finetune {release}"
 html_theme_options = {
     "navbar_align": "left",
-    "header_links_before_dropdown": 4,
+    # API reference, Examples, Benchmarks; the user guide's pages under "More"
+    # and in the home page's list.
+    "header_links_before_dropdown": 3,
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc", "sourcelink"],
+    # An API page is one long class: give it the width of the right sidebar.
+    "secondary_sidebar_items": {
+        "generated/*": [],
+        "auto_examples/*": ["page-toc", "sg_download_links"],
+    },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }

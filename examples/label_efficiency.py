@@ -14,11 +14,11 @@ on all the other images of 5-9. Three estimators, each one setting of
 * the same CNN trained from scratch.
 
 With this few labels there is nothing to hold out, so the trained ones use
-``val_split=0`` and a fixed 50 epochs. Each point is the mean over five draws
+``val_split=0`` and a fixed 50 epochs. Each point is the mean over three draws
 of the labelled images (the same draws for every estimator).
 
 Run it with ``python examples/label_efficiency.py`` (about a minute on two
-cores). At commit |commit| (five draws)::
+cores). At commit |commit| (three draws)::
 
     LABEL_EFFICIENCY_RESULTS
 
@@ -42,7 +42,7 @@ from torch import nn
 from sklearn_finetune import FoundationClassifier
 
 LABELS_PER_CLASS = (1, 5, 10, 50)
-N_DRAWS = 5
+N_DRAWS = 3
 
 
 def make_encoder() -> nn.Module:
