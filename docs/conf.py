@@ -98,7 +98,6 @@ sphinx_gallery_conf = {
     "matplotlib_animations": False,
     "doc_module": ("sklearn_finetune",),
     "backreferences_dir": "auto_examples/backreferences",
-    "reference_url": {"sklearn_finetune": None},
 }
 
 html_theme = "pydata_sphinx_theme"
