@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-from pathlib import Path
 
 import sklearn_finetune
 
@@ -64,20 +62,6 @@ if os.environ.get("SPHINX_INTERSPHINX") != "1":
     intersphinx_mapping = {}
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
 # The gallery: examples/*.py. Those matching filename_pattern run at build
 # time (small, CPU, a minute or two together); the others (all of MR, the UCR
 # datasets) are shown with the output of their last full run, pasted into their
@@ -121,4 +105,3 @@ html_show_sourcelink = False
 html_last_updated_fmt = None
 html_static_path: list[str] = []
 html_sidebars = {"index": [], "api": [], "benchmarks": []}
-rst_epilog = f".. |commit| replace:: ``{_commit()}``\n"

@@ -17,15 +17,25 @@ With this few labels there is nothing to hold out, so the trained ones use
 ``val_split=0`` and a fixed 50 epochs. Each point is the mean over three draws
 of the labelled images (the same draws for every estimator).
 
-Run it with ``python examples/label_efficiency.py`` (about a minute on two
-cores). At commit |commit| (three draws)::
+Run it with ``python examples/label_efficiency.py``. It runs when the site
+is built. At commit ``3151918`` (three draws; 29 minutes on a two-core CPU
+shared with four other busy jobs, so far less on an idle one)::
 
-    LABEL_EFFICIENCY_RESULTS
+    | labels per class |  linear probe |     fine-tune |  from scratch |
+    | ---------------- | ------------- | ------------- | ------------- |
+    | 1                | 0.563 ± 0.045 | 0.500 ± 0.036 | 0.469 ± 0.053 |
+    | 5                | 0.650 ± 0.036 | 0.712 ± 0.015 | 0.714 ± 0.062 |
+    | 10               | 0.770 ± 0.015 | 0.768 ± 0.029 | 0.798 ± 0.007 |
+    | 50               | 0.871 ± 0.008 | 0.943 ± 0.006 | 0.953 ± 0.015 |
 
-The pretrained encoder's features are worth the most when labels are
-scarcest: with one label per class the linear probe is far ahead of the CNN
-trained from scratch. With 50 labels per class, fine-tuning catches up with or
-passes the probe, since it adapts the features to the new digits.
+The pretrained features help only where labels are scarcest: with one
+label per class the linear probe leads (0.563 against 0.469 from scratch).
+From five labels per class on, training the whole CNN does as well or
+better, and with 50 per class fine-tuning (0.943) and training from scratch
+(0.953) are far ahead of the probe (0.871): these 8x8 images are easy
+enough for the small CNN to learn from 250 labels, and the features learned
+on the digits 0-4 are not all the probe needs for 5-9. Fine-tuning does not
+beat training from scratch on this transfer.
 """
 
 from __future__ import annotations
