@@ -1,5 +1,5 @@
-"""Images: judge a pretrained CNN's features on digits it never saw, by every protocol.
-====================================================================================
+"""Images: judge a pretrained CNN's features on digits it never saw, by every protocol
+===================================================================================
 
 On scikit-learn's 8x8 digit images, a small CNN is pretrained (supervised)
 on the digits 0-4 while an :class:`OnlineProbe` follows how well its

@@ -1,5 +1,5 @@
-"""Label efficiency: accuracy against the number of labels per class.
-==================================================================
+"""Label efficiency: accuracy against the number of labels per class
+=================================================================
 
 The classic figure of self-supervised papers, on the digits transfer of
 ``examples/quickstart.py``: a small CNN is pretrained on scikit-learn's 8x8

