@@ -31,6 +31,8 @@ root_doc = "index"
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "auto_examples/*.ipynb"]
 templates_path = ["_templates"]
+# Literal blocks (the examples' recorded tables) are text, not Python.
+highlight_language = "none"
 
 # MyST: the user guide's Markdown pages, unchanged. Links between .md files
 # resolve to the pages; "#anchor" links need heading anchors.
@@ -95,7 +97,7 @@ html_theme_options = {
     # An API page is one long class: give it the width of the right sidebar.
     "secondary_sidebar_items": {
         "generated/*": [],
-        "auto_examples/*": ["page-toc", "sg_download_links"],
+        "auto_examples/*": [],  # its download links are at the end of the page
     },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],

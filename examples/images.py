@@ -9,7 +9,7 @@ On the digits 5-9, scored by 5-fold cross-validation: the linear probe
 (``linear_probe_score``, weight decay searched inside each fold), the k-NN
 probe, the frozen features in an RBF support-vector machine
 (``FoundationEmbedder`` in a pipeline), and learned attention pooling over
-the 8x8 feature map against mean pooling.
+the 8x8 feature map against mean pooling::
 
     pip install -e ".[examples]"
     python examples/images.py

