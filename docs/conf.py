@@ -31,8 +31,6 @@ root_doc = "index"
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "auto_examples/*.ipynb"]
 templates_path = ["_templates"]
-# Literal blocks (the examples' recorded tables) are text, not Python.
-highlight_language = "none"
 
 # MyST: the user guide's Markdown pages, unchanged. Links between .md files
 # resolve to the pages; "#anchor" links need heading anchors.
