@@ -112,6 +112,8 @@ def main() -> None:
     # The pretraining run: losses per epoch, validation accuracy, and the epoch kept.
     display = HistoryDisplay.from_estimator(pretraining)
     display.ax_.set_title("Pretraining the CNN on the digits 0-4")
+    lines = [*display.ax_.get_lines(), *display.score_ax_.get_lines()]
+    display.ax_.legend(handles=lines, loc="center right")  # clear of all four curves
     plt.show()
 
 
