@@ -123,9 +123,10 @@ def main() -> None:
     names = list(accuracies)[::-1]  # the first regime on top
     means = [accuracies[name].mean() for name in names]
     ax.barh(names, means, xerr=[accuracies[name].std() for name in names], capsize=3)
-    for position, mean in enumerate(means):
-        ax.text(mean - 0.01, position, f"{mean:.3f}", ha="right", va="center", color="white")
-    ax.set_xlim(min(means) - 0.1, 1.0)
+    left = min(means) - 0.1
+    for position, mean in enumerate(means):  # at the bars' left end, clear of the error bars
+        ax.text(left + 0.005, position, f"{mean:.3f}", ha="left", va="center", color="white")
+    ax.set_xlim(left, 1.0)
     ax.set_xlabel("5-fold accuracy on the digits 5-9 (mean ± std)")
     ax.set_title("One FoundationClassifier, seven regimes")
     plt.show()
