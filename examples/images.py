@@ -16,20 +16,20 @@ the 8x8 feature map against mean pooling::
 
 It prints a Markdown table and draws the online probe's scores during
 pretraining beside each protocol's accuracy. Not run when the site is built
-(to keep the build short); its last full run, recorded in ``docs/probes.md``
-at commit ``b20ca6a`` (two-core CPU, 42 s in all; before this version added
-the figure, same protocols and settings)::
+(to keep the build short). Its last full run, on the code of commit
+``24edc51`` (6.5 minutes on a two-core CPU shared with other busy jobs; 42 s
+when ``docs/probes.md`` was written at ``b20ca6a`` on an idle one)::
 
     | protocol                               | accuracy | seconds |
     | -------------------------------------- | -------- | ------- |
-    | linear probe (linear_probe_score)      |    0.930 |    20.0 |
-    | k-NN probe (knn_probe_score)           |    0.816 |     0.1 |
-    | FoundationEmbedder + SVC, C searched   |    0.914 |     2.2 |
-    | L-BFGS linear head, mean pooling       |    0.898 |     1.4 |
-    | L-BFGS linear head, max pooling        |    0.817 |     1.4 |
-    | L-BFGS linear head, attention pooling  |    0.910 |     4.2 |
+    | linear probe (linear_probe_score)      |    0.914 |    40.8 |
+    | k-NN probe (knn_probe_score)           |    0.809 |     1.7 |
+    | FoundationEmbedder + SVC, C searched   |    0.892 |    25.6 |
+    | L-BFGS linear head, mean pooling       |    0.865 |     2.1 |
+    | L-BFGS linear head, max pooling        |    0.800 |     2.8 |
+    | L-BFGS linear head, attention pooling  |    0.884 |    20.6 |
 
-The online probe on the digits 5-9 read 0.896, 0.901, 0.885 and 0.898 after
+The online probe on the digits 5-9 read 0.898, 0.877, 0.859 and 0.886 after
 pretraining epochs 5, 10, 15 and 20.
 """
 
