@@ -1,4 +1,5 @@
-"""Quickstart: pretrain an encoder, then probe, fine-tune and train from scratch.
+"""Quickstart: pretrain an encoder, then probe, fine-tune and train from scratch
+=============================================================================
 
 On scikit-learn's 8x8 digit images: a small CNN is trained on the digits 0-4,
 standing in for a pretrained backbone. On the digits 5-9, which it has never
@@ -25,6 +26,7 @@ from __future__ import annotations
 import time
 import warnings
 
+import matplotlib.pyplot as plt
 import torch
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
@@ -33,7 +35,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from torch import nn
 
-from sklearn_finetune import FoundationClassifier, FoundationEmbedder
+from sklearn_finetune import FoundationClassifier, FoundationEmbedder, HistoryDisplay
 
 
 def make_encoder() -> nn.Module:
@@ -45,6 +47,21 @@ def make_encoder() -> nn.Module:
         nn.Conv2d(16, 32, 3, padding=1),
         nn.BatchNorm2d(32),
         nn.ReLU(),
+    )
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table whose columns line up in a terminal too (numbers to the right)."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * width for width in widths], *rows]
+    return "\n".join(
+        "| "
+        + " | ".join(
+            cell.ljust(width) if j == 0 else cell.rjust(width)
+            for j, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        + " |"
+        for line in lines
     )
 
 
@@ -83,13 +100,21 @@ def main() -> None:
         "linear probe, random init": FoundationClassifier(make_encoder(), random_state=0),
     }
     X_new, y_new = images[~seen], y[~seen]
-    print(f"Digits 5-9 ({len(y_new)} images), 5-fold cross_val_score:")
-    print(f"{'':28} {'accuracy':>16} {'seconds':>8}")
+    print(f"Digits 5-9 ({len(y_new)} images), 5-fold cross_val_score:\n")
+    rows = []
     for name, estimator in candidates.items():
         start = time.perf_counter()
         scores = cross_val_score(estimator, X_new, y_new, cv=5)
         seconds = time.perf_counter() - start
-        print(f"{name:28} {scores.mean():8.3f} ± {scores.std():.3f} {seconds:8.1f}")
+        rows.append([name, f"{scores.mean():.3f} ± {scores.std():.3f}", f"{seconds:.1f}"])
+    print(markdown_table(["estimator", "accuracy", "seconds"], rows))
+
+    # The pretraining run: losses per epoch, validation accuracy, and the epoch kept.
+    display = HistoryDisplay.from_estimator(pretraining)
+    display.ax_.set_title("Pretraining the CNN on the digits 0-4")
+    lines = [*display.ax_.get_lines(), *display.score_ax_.get_lines()]
+    display.ax_.legend(handles=lines, loc="center right")  # clear of all four curves
+    plt.show()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,38 @@
-"""Time series: pretrain a 1-D CNN by masked reconstruction, watch it with an online probe,
-checkpoint it, load it back, and judge it on UCR datasets (bundled with aeon).
+"""Time series: masked-reconstruction pretraining, an online probe, UCR datasets
+=============================================================================
 
 For each dataset the encoder is pretrained on the training series alone (no
 labels), with :class:`OnlineProbe` scoring a linear probe on the labelled
 training set during pretraining. The weights are saved as a Lightning-style
 checkpoint (``state_dict`` with ``model.``-prefixed keys) and loaded into a
 fresh encoder with :func:`load_weights`. Every score is accuracy on the
-official UCR test split.
+official UCR test split::
 
     pip install -e ".[examples]"
     python examples/time_series.py                      # GunPoint, ItalyPowerDemand, BasicMotions
     python examples/time_series.py --datasets GunPoint  # one of them
+
+``pip install -e ".[timeseries]"`` installs aeon, which caps numpy, pandas
+and scipy below their current releases (see ``pyproject.toml``); that is why
+this example is not run when the site is built. It prints a Markdown table
+and draws the accuracies as grouped bars. Its last full run, recorded in
+``docs/probes.md`` at commit ``b20ca6a`` (two-core CPU, 43 s for the three
+datasets; before this version added the figure, same protocols and
+settings)::
+
+    | protocol         | GunPoint | ItalyPowerDemand | BasicMotions |
+    | ---------------- | -------- | ---------------- | ------------ |
+    | 1-NN raw         |    0.913 |            0.955 |        0.725 |
+    | random probe     |    1.000 |            0.946 |        0.950 |
+    | pretrained probe |    0.967 |            0.930 |        0.950 |
+    | pretrained k-NN  |    0.653 |            0.925 |        0.900 |
+    | attention probe  |    0.940 |            0.896 |        0.750 |
+    | fine-tuned       |    0.953 |            0.958 |        1.000 |
+    | from scratch     |    0.953 |            0.967 |        0.975 |
+
+The online probe during pretraining read 0.82, 0.78, 0.72, 0.78 on GunPoint,
+0.90, 0.94, 0.97, 0.94 on ItalyPowerDemand and 0.95, 0.97, 0.95, 0.93 on
+BasicMotions.
 """
 
 from __future__ import annotations
@@ -19,6 +41,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sklearn.neighbors import KNeighborsClassifier
@@ -69,6 +92,21 @@ class MaskedReconstruction(nn.Module):
         if self.training:
             x = x * (torch.rand(x.shape[0], 1, x.shape[2], device=x.device) > 0.25)
         return self.decoder(self.encoder(x)).transpose(1, 2)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table whose columns line up in a terminal too (numbers to the right)."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * width for width in widths], *rows]
+    return "\n".join(
+        "| "
+        + " | ".join(
+            cell.ljust(width) if j == 0 else cell.rjust(width)
+            for j, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        + " |"
+        for line in lines
+    )
 
 
 def load(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -176,10 +214,21 @@ def main() -> None:
 
     columns = list(rows[0][1])
     print("\nTest accuracy (official UCR split)\n")
-    print("| dataset | " + " | ".join(columns) + " |")
-    print("|---|" + "---|" * len(columns))
-    for name, scores in rows:
-        print(f"| {name} | " + " | ".join(f"{scores[c]:.3f}" for c in columns) + " |")
+    names = [name for name, _ in rows]
+    table = [[column] + [f"{scores[column]:.3f}" for _, scores in rows] for column in columns]
+    print(markdown_table(["protocol", *names], table))
+
+    _, ax = plt.subplots(figsize=(9, 3.5), layout="constrained")
+    width = 0.8 / len(columns)
+    for j, column in enumerate(columns):
+        positions = np.arange(len(rows)) + (j - (len(columns) - 1) / 2) * width
+        ax.bar(positions, [scores[column] for _, scores in rows], width, label=column)
+    ax.set_xticks(np.arange(len(rows)), [name for name, _ in rows])
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(ncols=4, fontsize="small", loc="lower center")
+    ax.set_title("UCR test accuracy by protocol")
+    plt.show()
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ class FeatureCache:
     nbytes : int
         Bytes of features held in memory.
 
+    See Also
+    --------
+    FoundationEmbedder : the cached features as a transformer.
+    FoundationClassifier : its ``cache`` parameter.
+
     Examples
     --------
     >>> import numpy as np

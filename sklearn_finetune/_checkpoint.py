@@ -151,6 +151,12 @@ def load_weights(
         Naming the keys under ``prefix`` that the encoder does not have
         (they are not loaded), and the missing keys when allowed.
 
+    See Also
+    --------
+    load_estimator : load a whole fitted estimator written by
+        :func:`save_estimator`.
+    FoundationClassifier : takes the loaded encoder.
+
     Examples
     --------
     >>> import torch

@@ -146,7 +146,7 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
 
         Returns
         -------
-        ndarray of shape (n_samples, n_features_out_), float32
+        ndarray of shape (n_samples, n_features_out), float32
         """
         check_is_fitted(self, "n_features_out_")
         X = validate_X(self, X, reset=False, for_mlp=False)

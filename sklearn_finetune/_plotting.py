@@ -48,6 +48,11 @@ class HistoryDisplay:
     lines_ : dict of str to matplotlib.lines.Line2D
         The plotted curves by history column.
 
+    See Also
+    --------
+    FoundationClassifier : its ``history_`` and ``best_epoch_``.
+    FoundationRegressor : the same for regression.
+
     Examples
     --------
     >>> import matplotlib

@@ -184,6 +184,12 @@ def knn_probe_score(
     -------
     ndarray of shape (n_splits,)
 
+    See Also
+    --------
+    linear_probe_score : the linear-probe protocol.
+    FoundationEmbedder : the same features in a pipeline, e.g. before
+        :class:`~sklearn.neighbors.KNeighborsClassifier`.
+
     Examples
     --------
     >>> import numpy as np
@@ -240,6 +246,11 @@ class OnlineProbe(Callback):
     ----------
     scores_ : list of float
         Every score computed, in order.
+
+    See Also
+    --------
+    linear_probe_score : the probe each call runs.
+    HistoryDisplay : plot the history, ``online_probe`` column included.
 
     Examples
     --------

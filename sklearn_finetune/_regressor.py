@@ -37,7 +37,7 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     ----------
     n_outputs_ : int
         Number of targets.
-    target_mean_, target_scale_ : ndarray of shape (n_outputs_,)
+    target_mean_, target_scale_ : ndarray of shape (n_outputs,)
         Mean and standard deviation of each target in the training data (a
         constant target gets scale 1).
     net_ : FoundationNet
@@ -169,7 +169,7 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
 
         Returns
         -------
-        ndarray of shape (n_samples,) or (n_samples, n_outputs_)
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
             One column per target; 1-D for a single target.
         """
         standardised = self._net_predict("predict", X)

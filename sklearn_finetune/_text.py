@@ -68,6 +68,12 @@ class Tokenizer(TransformerMixin, BaseEstimator):
         The fraction of the texts seen by ``fit`` that were longer than
         ``max_length`` and were cut.
 
+    See Also
+    --------
+    FoundationClassifier : the next step of a text pipeline; its ``pooling``
+        reads ``attention_mask``.
+    FoundationEmbedder : the sentence embeddings as features.
+
     Examples
     --------
     >>> from pathlib import Path
