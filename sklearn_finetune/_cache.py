@@ -36,7 +36,9 @@ class FeatureCache:
     ----------
     directory : str or path-like or None, default=None
         Also keep the features on disk under this directory (created if
-        needed), one subdirectory per encoder key, so that joblib workers (``n_jobs > 1``)
+        needed; a relative path is made absolute here, in the process that
+        builds the cache, so that workers with another working directory
+        use the same folder), one subdirectory per encoder key, so that joblib workers (``n_jobs > 1``)
         and later processes share them. Files are written atomically (a
         temporary file renamed into place) and named by the SHA-256 of their
         content; a file whose content does not match its name, or is not two
@@ -132,7 +134,7 @@ class FeatureCache:
         -------
         FeatureCache
         """
-        path = str(_checked_directory(directory).absolute())
+        path = str(_checked_directory(directory))
         if path not in cls._for_directory:
             cls._for_directory[path] = cls(path)
         return cls._for_directory[path]
@@ -382,4 +384,4 @@ def _checked_directory(directory: str | os.PathLike) -> Path:
         raise ValueError(
             f"The feature cache directory must be a directory path; got {os.fspath(directory)!r}."
         )
-    return Path(directory)
+    return Path(directory).absolute()  # where it is made: workers elsewhere get the same path

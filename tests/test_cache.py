@@ -161,6 +161,17 @@ def test_a_cache_pickles_as_its_settings_and_clones_share_it(tmp_path):
     assert FeatureCache.at(tmp_path) is FeatureCache.at(str(tmp_path))
 
 
+def test_a_relative_directory_is_made_absolute_where_the_cache_is_built(tmp_path, monkeypatch):
+    """A worker whose working directory differs (a cluster node) reaches the same folder."""
+    monkeypatch.chdir(tmp_path)
+    cache = FeatureCache("features")
+    assert cache.directory == tmp_path / "features"
+    monkeypatch.chdir(tmp_path.parent)  # as a worker started elsewhere
+    restored = pickle.loads(pickle.dumps(cache))
+    restored.fetch("key", [b"a" * 16], lambda positions: np.ones((len(positions), 2)))
+    assert len(list((tmp_path / "features" / "key").glob("*.features"))) == 1
+
+
 def test_a_directory_cache_is_read_by_a_later_process(digits, tmp_path):
     X, y = digits
     encoder = counting_encoder()
