@@ -35,25 +35,24 @@ class FeatureCache:
     Parameters
     ----------
     directory : str or path-like or None, default=None
-        Also keep the features on disk under this directory (created if
-        needed; a relative path is made absolute here, in the process that
-        builds the cache, so that workers with another working directory
-        use the same folder), one subdirectory per encoder key, so that joblib workers (``n_jobs > 1``)
-        and later processes share them. Files are written atomically (a
-        temporary file renamed into place) and named by the SHA-256 of their
-        content; a file whose content does not match its name, or is not two
-        plain ``.npy`` arrays of digests and float32 features, is deleted
-        with a warning and its samples are encoded again. Nothing on disk is
-        ever unpickled, and files not named like ours (temporary files of a
-        writer that was killed included) are left alone. A process that
-        must encode samples under an encoder holds that encoder's lock
-        (``flock`` on ``<key>/.lock``, released by the system if the
-        process dies) while it reads the others' new files, encodes what is
-        still missing and writes its block: workers of one search that need
-        the same rows at once encode them once between them. A write that fails
-        (a full disk, a read-only directory) warns once and the features stay
-        in memory only; the fit goes on. Nothing on disk is evicted: delete
-        the directory, or call :meth:`clear`, to reclaim the space.
+        Also keep the features on disk under this directory (created if needed; a
+        relative path is made absolute here, in the process that builds the cache,
+        so that workers with another working directory use the same folder), one
+        subdirectory per encoder key, so that joblib workers (``n_jobs > 1``) and
+        later processes share them. Files are written atomically (a temporary file
+        renamed into place) and named by the SHA-256 of their content; a file whose
+        content does not match its name, or is not two plain ``.npy`` arrays of
+        digests and float32 features, is deleted with a warning and its samples are
+        encoded again. Nothing on disk is ever unpickled, and files not named like
+        ours (temporary files of a writer that was killed included) are left alone.
+        A process that must encode samples under an encoder holds that encoder's
+        lock (``flock`` on ``<key>/.lock``, released by the system if the process
+        dies) while it reads the others' new files, encodes what is still missing
+        and writes its block: workers of one search that need the same rows at once
+        encode them once between them. A write that fails (a full disk, a read-only
+        directory) warns once and the features stay in memory only; the fit goes on.
+        Nothing on disk is evicted: delete the directory, or call :meth:`clear`, to
+        reclaim the space.
     max_bytes : int, default=2**30
         Bound on the features held in memory. The least recently used blocks
         (the samples one fit or prediction encoded together) are dropped
