@@ -1,9 +1,10 @@
 """Peak memory of a fit on X larger than memory: a memory-mapped X against the same X in memory.
 
 Writes a float32 X of ``--rows`` x ``--features`` (default 500,000 x 1,024:
-2 GB) to a ``.npy`` file in a temporary directory (``--dir``; deleted at the
-end), with a binary y. Then, each in a fresh child process so that peaks do
-not mix, it fits
+2 GB) to a ``.npy`` file in a temporary directory (made in ``--dir``, which
+is created if missing; the temporary directory is deleted at the end), with a
+binary y. Then, each in a fresh child process so that peaks do not mix, it
+fits
 
 * ``frozen probe``: ``FoundationClassifier(encoder)``, a small frozen
   encoder (``Linear(features, 32)``, ReLU) and the linear probe on its
@@ -134,13 +135,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--features", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--dir", default=None, help="where to write X (a temporary directory)")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where to make the temporary directory X is written to (created if missing)",
+    )
     parser.add_argument("--no-in-memory", action="store_true", help="skip the in-memory contrast")
     parser.add_argument("--child", nargs=4, metavar=("CASE", "STORAGE", "X", "Y"))
     args = parser.parse_args()
     if args.child:
         child(*args.child, batch_size=args.batch_size)
         return
+    if args.dir is not None:  # created if missing; only the temporary directory in it is deleted
+        try:
+            Path(args.dir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--dir {args.dir}: cannot create it ({error.strerror or error})")
     directory = Path(tempfile.mkdtemp(prefix="sklearn_finetune_memory_", dir=args.dir))
     try:
         start = time.perf_counter()

@@ -20,6 +20,7 @@ import torch
 from skorch.hf import AccelerateMixin
 from skorch.net import NeuralNet
 
+from ._callbacks import BackboneUnfreezing
 from ._net import FoundationNet
 
 if TYPE_CHECKING:
@@ -39,10 +40,12 @@ def accelerator_device(estimator: FoundationEstimator, regime: str) -> torch.dev
     ``mixed_precision``), so ``device`` must be ``"auto"`` or the same device
     and ``precision`` ``"32"`` or the same precision. The accelerator must
     span the processes the launcher started (``WORLD_SIZE``): accelerate
-    runs each process alone on CPUs unless told ``cpu=True``. Only a trained backbone
-    (``freeze_backbone=False``, or ``encoder=None`` from scratch) is
-    trained by the accelerator. With several processes ``random_state`` must
-    be an int, so that every process holds out the same validation rows.
+    runs each process alone on CPUs unless told ``cpu=True``. Only a backbone
+    trained whole from the first epoch (``freeze_backbone=False``,
+    ``unfreeze_at=0`` with ``unfreeze_mode="all"``, or ``encoder=None`` from
+    scratch; see :func:`trains_from_start`) is trained by the accelerator.
+    With several processes ``random_state`` must be an int, so that every
+    process holds out the same validation rows.
 
     Parameters
     ----------
@@ -61,13 +64,19 @@ def accelerator_device(estimator: FoundationEstimator, regime: str) -> torch.dev
         For any of the contradictions above.
     """
     accelerator = estimator.accelerator
-    if regime != "fine_tune":
+    if not trains_from_start(estimator, regime):
+        if regime == "frozen":
+            why = "frozen, and a frozen backbone's head trains on cached features in one process"
+        else:
+            why = (
+                f"unfrozen gradually (unfreeze_at={estimator.unfreeze_at!r}, unfreeze_mode="
+                f"{estimator.unfreeze_mode!r}), and the accelerator's wrapped model trains "
+                "every parameter from the first step"
+            )
         raise ValueError(
-            f"accelerator= distributes the mini-batch loop that trains the backbone; this fit's "
-            f"backbone is {'frozen' if regime == 'frozen' else 'unfrozen gradually'} "
-            "(freeze_backbone, unfreeze_at), and a frozen backbone's head trains on cached "
-            "features in one process. Use freeze_backbone=False without unfreeze_at, or "
-            "accelerator=None."
+            "accelerator= distributes the mini-batch loop that trains the backbone; this "
+            f"fit's backbone is {why}. Use freeze_backbone=False (or unfreeze_at=0 with "
+            "unfreeze_mode='all', the same full fine-tuning), or accelerator=None."
         )
     mixed = str(getattr(accelerator, "mixed_precision", "no"))
     if mixed not in MIXED_PRECISIONS:
@@ -79,8 +88,7 @@ def accelerator_device(estimator: FoundationEstimator, regime: str) -> torch.dev
         raise ValueError(
             f"precision={estimator.precision!r} contradicts the accelerator's "
             f"mixed_precision={mixed!r}: with an accelerator, training's mixed precision is "
-            "the accelerator's. Leave precision='32' (predictions in float32) or set the "
-            f"one that matches ({MIXED_PRECISIONS[mixed]!r}, predictions in it too)."
+            f"the accelerator's. {_precision_options(estimator.precision, mixed)}"
         )
     device = torch.device(accelerator.device)
     if device.type == "cpu":  # accelerate numbers the CPU by process ("cpu:1"); torch has one
@@ -112,6 +120,46 @@ def accelerator_device(estimator: FoundationEstimator, regime: str) -> torch.dev
     return device
 
 
+def trains_from_start(estimator: FoundationEstimator, regime: str) -> bool:
+    """Whether the whole backbone trains from the first epoch, as ``accelerator`` needs.
+
+    ``regime`` is the plan's (``_plan.regime_of``): ``"fine_tune"``, or
+    ``"gradual_unfreezing"`` whose unfreezing is at epoch 0 all at once
+    (``unfreeze_at=0, unfreeze_mode="all"``: full fine-tuning, which predicts
+    exactly as ``freeze_backbone=False``). Top-down unfreezing from epoch 0
+    still adds one block per epoch.
+    """
+    if regime == "fine_tune":
+        return True
+    return (
+        regime == "gradual_unfreezing"
+        and estimator.unfreeze_at == 0
+        and estimator.unfreeze_mode == "all"
+    )
+
+
+def _precision_options(precision: str, mixed: str) -> str:
+    """What to set instead, each option once, when ``precision`` contradicts ``mixed``."""
+    matching = MIXED_PRECISIONS[mixed]
+    if matching == "32":
+        wanted = {value: key for key, value in MIXED_PRECISIONS.items()}[precision]
+        return f"Leave precision='32', or create the Accelerator with mixed_precision={wanted!r}."
+    return (
+        "Leave precision='32' (predictions in float32) or set precision="
+        f"{matching!r}, the one that matches (predictions in it too)."
+    )
+
+
+def _unfreezes_nothing(item: Any) -> bool:
+    """Whether a callback (or ``(name, callback)``) is unfreezing from epoch 0, all at once."""
+    callback = item[1] if isinstance(item, tuple) else item
+    return (
+        isinstance(callback, BackboneUnfreezing)
+        and callback.unfreeze_at == 0
+        and callback.mode == "all"
+    )
+
+
 class AcceleratedNet(AccelerateMixin, FoundationNet):
     """``FoundationNet`` trained through an ``accelerate.Accelerator`` (skorch's mixin).
 
@@ -126,6 +174,9 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
     * Gradients are clipped by the accelerator (which unscales float16
       gradients first); autocast and loss scaling are the accelerator's
       only (the net's own ``GradScaler`` is not made).
+    * The unfreezing callback of ``unfreeze_at=0, unfreeze_mode="all"``
+      (which freezes nothing: full fine-tuning) is left out; it would reach
+      for the encoder through the wrapped model.
     * The model is unwrapped after every callback's ``on_train_end`` (the
       best epoch's weights are restored into the wrapped model first), and
       the accelerator forgets the prepared objects (``free_memory``, as
@@ -138,6 +189,10 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
     _wrapped_with_accelerator: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("callbacks"):  # unfreeze_at=0, "all": nothing to unfreeze, no DDP access
+            kwargs["callbacks"] = [
+                item for item in kwargs["callbacks"] if not _unfreezes_nothing(item)
+            ]
         super().__init__(*args, unwrap_after_train=False, **kwargs)
         if kwargs.get("callbacks__print_log", "") is None:  # no PrintLog: the mixin's sink has none
             del self.callbacks__print_log__sink

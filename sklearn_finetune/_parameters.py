@@ -459,9 +459,11 @@ class EstimatorParameters:
         across the processes (``Accelerator(split_batches=True)`` keeps
         ``batch_size`` the batch of one step; otherwise each process takes
         ``batch_size`` rows), gradients are averaged, and training's mixed
-        precision is the accelerator's ``mixed_precision``. Only a trained
-        backbone (``freeze_backbone=False``, or ``encoder=None``) is trained
-        this way; a frozen backbone is refused. ``device`` must be
+        precision is the accelerator's ``mixed_precision``. Only a backbone
+        trained from the first epoch (``freeze_backbone=False``,
+        ``encoder=None``, or ``unfreeze_at=0`` with ``unfreeze_mode="all"``)
+        is trained this way; a frozen backbone and gradual unfreezing are
+        refused. ``device`` must be
         ``"auto"`` (the accelerator's device is used), ``precision``
         ``"32"`` or the accelerator's own, and ``random_state`` an int when
         there are several processes. Validation runs whole in every

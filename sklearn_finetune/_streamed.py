@@ -69,7 +69,7 @@ def to_model_dtype(array: np.ndarray, name: str = "X") -> np.ndarray:
             raise ValueError(
                 f"{name} has values too large for float32, the precision the model "
                 f"computes in: the largest magnitude is {largest:.3g}, float32 holds up "
-                f"to {_FLOAT32_MAX:.3g}. Rescale {name} (e.g. with StandardScaler)."
+                f"to {_FLOAT32_MAX:.3g}. Rescale it first, e.g. with StandardScaler."
             )
     return array.astype(np.float32, copy=False)
 
@@ -195,6 +195,14 @@ def _convert(array: np.ndarray, name: str, *, for_mlp: bool) -> np.ndarray:
     return array.astype(np.float32, copy=False) if for_mlp else array
 
 
+def _article(word: str) -> str:
+    """``"an"`` before a vowel sound, else ``"a"`` (``"an IterableDataset"``, ``"a UserData"``)."""
+    lower = word.lower()
+    if lower.startswith(("uni", "use", "usa", "usi", "uti", "eu", "one")):
+        return "a"
+    return "an" if lower[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
 class StreamedX:
     """An X read a batch of rows at a time, each batch converted as an in-memory X would be.
 
@@ -219,7 +227,8 @@ class StreamedX:
     TypeError
         X has no ``__len__``, or items or columns that are not numeric arrays.
     ValueError
-        X is empty.
+        X is empty, or a ``datasets.Dataset`` has a column of single numbers
+        (a label column left in).
 
     Examples
     --------
@@ -238,10 +247,11 @@ class StreamedX:
 
     def __init__(self, source: Any, *, for_mlp: bool = False) -> None:
         if not hasattr(source, "__len__"):
+            name = type(source).__name__
             raise TypeError(
-                f"X is a {type(source).__name__} without __len__ (an IterableDataset?); "
-                "a Dataset X must have a length and items by index, so that batches can "
-                "be drawn from it."
+                f"X is {_article(name)} {name} (it has no __len__): pass a map-style "
+                "Dataset, with a length and items by index, so that batches can be drawn "
+                "from it."
             )
         self.source = source
         self.for_mlp = for_mlp
@@ -254,7 +264,43 @@ class StreamedX:
             if isinstance(first, dict)
             else first.shape[1:]
         )
+        self._refuse_scalar_columns(first)
         self[0:1]  # refuses non-numeric or ragged data before anything runs
+
+    def _refuse_scalar_columns(self, first: Batch) -> None:
+        """Refuse a ``datasets.Dataset`` column of single numbers: a label column left in.
+
+        A column of other single values (strings) is refused for its dtype.
+        """
+        if isinstance(self.source, (np.memmap, torch.utils.data.Dataset)):
+            return
+        columns = list(self.source.column_names)
+        arrays = first if isinstance(first, dict) else {columns[0]: first}
+        scalar = [
+            column
+            for column in columns
+            if arrays[column].shape[1:] == () and arrays[column].dtype.kind in "biuf"
+        ]
+        if not scalar:
+            return
+        inputs = [column for column in columns if column not in scalar]
+        named = ", ".join(repr(column) for column in scalar)
+        one = len(scalar) == 1
+        if inputs:
+            fix = (
+                f"If {named} {'is not an input' if one else 'are not inputs'} (a label "
+                "column left in, say), "
+                f"drop {'it' if one else 'them'} with X.remove_columns({scalar!r}) or keep "
+                f"only the inputs with X.select_columns({inputs!r}), and pass y to fit."
+            )
+        else:
+            fix = "Put the features in one column of arrays, one array per sample."
+        raise ValueError(
+            f"X (a datasets.Dataset) has {'a column' if one else 'columns'} of single "
+            f"numbers (shape ()): {named}. Every column of a datasets.Dataset X is an input "
+            "of the encoder, and each sample of an input must be an array of at least one "
+            f"axis. {fix}"
+        )
 
     @property
     def kind(self) -> str:

@@ -144,7 +144,17 @@ def test_single_process_accelerator_trains_in_its_mixed_precision(accelerator_of
     [
         ("no", {}, "backbone is frozen"),
         ("no", {"unfreeze_at": 1, "max_epochs": 2}, "unfrozen gradually"),
+        (
+            "no",
+            {"unfreeze_at": 0, "unfreeze_mode": "top_down", "max_epochs": 2},
+            r"unfrozen gradually \(unfreeze_at=0, unfreeze_mode='top_down'\)",
+        ),
         ("bf16", {"freeze_backbone": False, "precision": "16"}, "contradicts the accelerator's"),
+        (
+            "no",
+            {"freeze_backbone": False, "precision": "bf16"},
+            r"Leave precision='32', or create the Accelerator with mixed_precision='bf16'",
+        ),
         ("no", {"freeze_backbone": False, "device": "cuda"}, "the accelerator places"),
         ("no", {"freeze_backbone": False, "device": "meta"}, "the accelerator places"),
     ],
@@ -160,6 +170,46 @@ def test_contradictory_settings_are_refused_before_training(
         clf.fit(X[:100], y[:100])
     assert not hasattr(clf, "net_")
     assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("mixed", "precision", "options"),
+    [
+        ("no", "bf16", ["'32'", "'bf16'"]),
+        ("no", "16", ["'32'", "'fp16'"]),
+        ("bf16", "16", ["'32'", "'bf16'"]),
+    ],
+)
+def test_the_precision_error_names_each_option_once(accelerator_of, mixed, precision, options):
+    X, y, *_ = data()
+    accelerator = accelerator_of(mixed_precision=mixed)
+    clf = FoundationClassifier(
+        encoder(), freeze_backbone=False, precision=precision, accelerator=accelerator
+    )
+    with pytest.raises(ValueError, match="contradicts the accelerator's") as caught:
+        clf.fit(X[:100], y[:100])
+    advice = str(caught.value).split("the accelerator's. ")[1]
+    for option in options:
+        assert advice.count(option) == 1, (option, advice)
+
+
+def test_unfreeze_at_0_is_full_fine_tuning_and_is_accepted(accelerator_of):
+    """``freeze_backbone=True, unfreeze_at=0`` trains as ``freeze_backbone=False`` does."""
+    X, y, *_ = data()
+    probas = []
+    for settings in ({"freeze_backbone": True, "unfreeze_at": 0}, {"freeze_backbone": False}):
+        clf = FoundationClassifier(
+            encoder(),
+            accelerator=accelerator_of(),
+            max_epochs=2,
+            val_split=0.1,
+            random_state=0,
+            **settings,
+        ).fit(X[:256], y[:256])
+        assert clf.net_.accelerator is None
+        assert "unfreezing" not in dict(clf.net_.callbacks_)  # it would reach through DDP
+        probas.append(clf.predict_proba(X[:50]))
+    np.testing.assert_array_equal(probas[0], probas[1])
 
 
 def test_an_accelerator_is_an_object_with_accelerates_methods():

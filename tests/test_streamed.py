@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import sys
 import tracemalloc
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,7 +196,7 @@ def bad_tables():
         (
             datasets.Dataset.from_dict({"x": [[0.0] * 64] * 10}).to_iterable_dataset(),
             TypeError,
-            "IterableDataset without __len__",
+            r"^X is an IterableDataset \(it has no __len__\): pass a map-style Dataset",
         ),
     ]
 
@@ -201,7 +204,7 @@ def bad_tables():
 @pytest.mark.parametrize(
     ("X", "error", "message"),
     [
-        (NoLength(), TypeError, "without __len__"),
+        (NoLength(), TypeError, r"^X is a NoLength \(it has no __len__\): pass a map-style"),
         (Items(torch.zeros(63)), ValueError, r"\(63,\) at item 7"),
         (Items((torch.zeros(64), 1)), TypeError, "pass a dataset of the inputs only"),
         (Items({"x": torch.zeros(64)}), ValueError, "Item 7 .* is a dict"),
@@ -225,3 +228,77 @@ def test_nan_in_a_memmap_names_its_row(tmp_path):
     X_map = np.load(tmp_path / "X.npy", mmap_mode="r")
     with pytest.raises(ValueError, match="first in row 13"):
         FoundationClassifier().fit(X_map, np.arange(20) % 2)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        (
+            ["x", "label"],
+            r"a column of single numbers \(shape \(\)\): 'label'\..*"
+            r"X\.remove_columns\(\['label'\]\) .*X\.select_columns\(\['x'\]\)",
+        ),
+        (
+            ["label", "x", "id"],
+            r"columns of single numbers \(shape \(\)\): 'label', 'id'\..*"
+            r"X\.remove_columns\(\['label', 'id'\]\) .*X\.select_columns\(\['x'\]\)",
+        ),
+        (["label"], r"'label'\..* Put the features in one column of arrays"),
+    ],
+)
+def test_a_datasets_column_of_single_numbers_is_named_before_training(columns, message):
+    """A label column left in a datasets.Dataset X is named, with the call that drops it."""
+    datasets = pytest.importorskip("datasets")
+    y = np.arange(10) % 2
+    values = {"x": np.zeros((10, 64)).tolist(), "label": y.tolist(), "id": list(range(10))}
+    table = datasets.Dataset.from_dict({column: values[column] for column in columns})
+    counting = CountingEncoder(encoder())
+    with pytest.raises(ValueError, match=message):
+        FoundationClassifier(counting, freeze_backbone=False).fit(table, y)
+    assert counting.batch_sizes == []
+
+
+@pytest.mark.parametrize(
+    ("name", "article"),
+    [("IterableDataset", "an"), ("NoLength", "a"), ("UserStream", "a"), ("Other", "an")],
+)
+def test_the_article_before_a_class_name(name, article):
+    assert _streamed._article(name) == article
+
+
+def test_a_float64_memmap_too_large_for_float32_is_refused_in_plain_words(tmp_path):
+    X = np.ones((10, 4))
+    X[3, 1] = 1e300
+    np.save(tmp_path / "X.npy", X)
+    X_map = np.load(tmp_path / "X.npy", mmap_mode="r")
+    with pytest.raises(ValueError, match="too large for float32") as caught:
+        FoundationClassifier().fit(X_map, np.arange(10) % 2)
+    message = str(caught.value)
+    assert "Rescale it first, e.g. with StandardScaler." in message
+    assert ") (" not in message  # not "Rescale X (a memory-mapped array) (e.g. ...)"
+
+
+def test_the_memory_benchmark_creates_a_missing_dir(tmp_path, monkeypatch):
+    """``benchmarks/memory.py --dir`` makes a directory that does not exist yet."""
+    path = Path(__file__).parents[1] / "benchmarks" / "memory.py"
+    spec = importlib.util.spec_from_file_location("memory_benchmark", path)
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    written = []
+
+    def run_case(case, storage, x_path, y_path, batch_size):
+        written.append(x_path)
+        assert x_path.exists()
+        return {"peak": 1.0, "baseline": 1.0, "seconds": 0.0, "accuracy": 1.0}
+
+    monkeypatch.setattr(memory, "run_case", run_case)
+    missing = tmp_path / "not" / "there"
+    argv = ["memory.py", "--rows", "20", "--features", "4", "--no-in-memory", "--dir"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(missing)])
+    memory.main()
+    assert written and all(x_path.parents[1] == missing for x_path in written)
+    assert missing.is_dir() and list(missing.iterdir()) == []  # the temporary directory is gone
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(sys, "argv", [*argv, str(tmp_path / "file" / "sub")])
+    with pytest.raises(SystemExit):
+        memory.main()
