@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import sklearn_finetune
+
+sys.path.insert(0, os.path.dirname(__file__))  # gallery_order.py, for sphinx-gallery
 
 project = "sklearn_finetune"
 author = "the sklearn_finetune developers"
@@ -74,7 +77,7 @@ sphinx_gallery_conf = {
     "ignore_pattern": r"__init__\.py",
     "download_all_examples": False,
     "plot_gallery": "True",
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "gallery_order.GalleryOrder",
     "remove_config_comments": True,
     "show_memory": False,
     "min_reported_time": 10,
@@ -83,6 +86,22 @@ sphinx_gallery_conf = {
     "doc_module": ("sklearn_finetune",),
     "backreferences_dir": "auto_examples/backreferences",
 }
+
+#: The user guide's pages (docs/*.md, as listed in index.md's toctree).
+USER_GUIDE = (
+    "regimes",
+    "encoders",
+    "heads",
+    "training",
+    "embed-once",
+    "scikit-learn",
+    "checkpoints",
+    "text",
+    "probes",
+    "saving",
+    "reliability",
+    "scaling",
+)
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"sklearn_finetune {release}"
@@ -96,6 +115,8 @@ html_theme_options = {
     "secondary_sidebar_items": {
         "generated/*": [],
         "auto_examples/*": [],  # its download links are at the end of the page
+        # The user guide's pages: their sections on the right.
+        **{page: ["page-toc"] for page in USER_GUIDE},
     },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
@@ -103,5 +124,8 @@ html_theme_options = {
 html_context = {"default_mode": "light"}
 html_show_sourcelink = False
 html_last_updated_fmt = None
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["wide-tables.css"]
+# Recorded outputs in the examples' docstrings are ``::`` blocks: plain text.
+highlight_language = "text"
 html_sidebars = {"index": [], "api": [], "benchmarks": []}

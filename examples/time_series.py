@@ -8,7 +8,7 @@ checkpoint (``state_dict`` with ``model.``-prefixed keys) and loaded into a
 fresh encoder with :func:`load_weights`. Every score is accuracy on the
 official UCR test split::
 
-    pip install -e ".[examples]"
+    pip install -e ".[timeseries]"
     python examples/time_series.py                      # GunPoint, ItalyPowerDemand, BasicMotions
     python examples/time_series.py --datasets GunPoint  # one of them
 
