@@ -126,6 +126,4 @@ html_show_sourcelink = False
 html_last_updated_fmt = None
 html_static_path = ["_static"]
 html_css_files = ["wide-tables.css"]
-# Recorded outputs in the examples' docstrings are ``::`` blocks: plain text.
-highlight_language = "text"
 html_sidebars = {"index": [], "api": [], "benchmarks": []}

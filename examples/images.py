@@ -9,7 +9,9 @@ On the digits 5-9, scored by 5-fold cross-validation: the linear probe
 (``linear_probe_score``, weight decay searched inside each fold), the k-NN
 probe, the frozen features in an RBF support-vector machine
 (``FoundationEmbedder`` in a pipeline), and learned attention pooling over
-the 8x8 feature map against mean pooling::
+the 8x8 feature map against mean pooling:
+
+.. code-block:: bash
 
     pip install -e ".[examples]"
     python examples/images.py
@@ -18,7 +20,9 @@ It prints a Markdown table and draws the online probe's scores during
 pretraining beside each protocol's accuracy. Not run when the site is built
 (to keep the build short). Its last full run, on the code of commit
 ``24edc51`` (6.5 minutes on a two-core CPU shared with other busy jobs; 42 s
-when ``docs/probes.md`` was written at ``b20ca6a`` on an idle one)::
+when ``docs/probes.md`` was written at ``b20ca6a`` on an idle one):
+
+.. code-block:: text
 
     | protocol                               | accuracy | seconds |
     | -------------------------------------- | -------- | ------- |

