@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def _mps_available() -> bool:
@@ -156,6 +157,48 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 #: other work also uses, waiting for a descheduled thread at every operation
 #: made such a fit several times slower (see docs/benchmarks.md).
 HEAD_THREADS = 1
+
+#: Forward FLOPs of one batch (as ``torch.utils.flop_counter.FlopCounterMode``
+#: counts them) below which an encoder trains, encodes and predicts on the CPU
+#: on one intra-op thread: its operations are too short for a second thread
+#: to pay on an idle machine, and beside busy processes each one waited for a
+#: descheduled thread (``benchmarks/threads.py``; docs/benchmarks.md).
+SMALL_BATCH_FLOPS = 10**8
+
+
+@contextlib.contextmanager
+def counted_flops() -> Iterator[FlopCounterMode]:
+    """Count the FLOPs of the torch operations run inside (``counter.get_total_flops()``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_finetune._device import counted_flops
+    >>> with counted_flops() as counter:
+    ...     _ = torch.ones(2, 3) @ torch.ones(3, 4)
+    >>> counter.get_total_flops()  # 2 x 3 x 4 multiply-adds
+    48
+    """
+    with FlopCounterMode(display=False) as counter:
+        yield counter
+
+
+def batch_threads(
+    flops_per_batch: float, device: torch.device
+) -> contextlib.AbstractContextManager:
+    """One intra-op thread on the CPU for batches below :data:`SMALL_BATCH_FLOPS`, else no change.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_finetune._device import batch_threads
+    >>> with batch_threads(10**6, torch.device("cpu")):
+    ...     torch.get_num_threads()
+    1
+    """
+    if flops_per_batch < SMALL_BATCH_FLOPS:
+        return torch_threads(1, device)
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -23,12 +23,18 @@ from torch import nn
 from ._accelerate import accelerator_device
 from ._batches import feature_batches
 from ._cache import FeatureCache, feature_cache
-from ._device import HEAD_THREADS, forked_random_state, resolve_device, torch_threads
+from ._device import (
+    HEAD_THREADS,
+    batch_threads,
+    forked_random_state,
+    resolve_device,
+    torch_threads,
+)
 from ._encoder import clone_sharing, preserved_modes
 from ._frozen import FrozenEncoding
 from ._heads import AttentionPooling, build_head
 from ._inputs import ModelInput, validate_X
-from ._module import FoundationModule, representation_size
+from ._module import FoundationModule, probe_encoder
 from ._net import FoundationNet, build_net
 from ._optimization import backbone_groups
 from ._parameters import EstimatorParameters
@@ -236,8 +242,8 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
 
     def _fit_module(self, plan: FitPlan, X: ModelInput) -> tuple[FoundationModule, FoundationNet]:
         """Trained backbone (from the start or after ``unfreeze_at``): batches run through it."""
-        width = representation_size(plan.encoder, plan.representation, X, plan.device)
-        head = self._build_head(width, plan.device)
+        probe = probe_encoder(plan.encoder, plan.representation, X, plan.device)
+        head = self._build_head(probe.width, plan.device)
         module = FoundationModule(plan.encoder, plan.representation, head, frozen=False)
         groups = backbone_groups(self.lr * self.backbone_lr_mult, self.layer_decay, plan.blocks)
         net = build_net(
@@ -252,7 +258,8 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                 array_input=not isinstance(self.input_shape_, dict) and not plan.accelerated,
             ),
         )
-        net.fit(X, list(plan.targets))
+        with batch_threads(probe.flops_per_sample * self.batch_size, plan.device):
+            net.fit(X, list(plan.targets))
         return module, net
 
     # scikit-learn API --------------------------------------------------------
@@ -439,7 +446,9 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                 features = torch.as_tensor(encoding.features(X), device=self.device_)
                 with torch_threads(HEAD_THREADS, self.device_):
                     return getattr(self.net_, method)(features)
-            with preserved_modes(self.encoder_):
+            probe = probe_encoder(self.encoder_, self.module_.representation, X, self.device_)
+            flops = probe.flops_per_sample * self._inference_batch_size()
+            with preserved_modes(self.encoder_), batch_threads(flops, self.device_):
                 return getattr(self.net_, method)(X)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ cache, hashed once, whose ``features`` and ``width`` any X can ask for.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -18,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._cache import FeatureCache
-from ._device import autocast
+from ._device import autocast, batch_threads, counted_flops
 from ._encoder import prepare_encoder, preserved_modes
 from ._fingerprint import encoder_fingerprint, row_digests
 from ._inputs import ModelInput, n_samples
@@ -27,7 +28,7 @@ from ._module import (
     call_encoder,
     check_finite_output,
     explained_failure,
-    representation_size,
+    probe_encoder,
 )
 from ._representation import Representation
 from ._streamed import StreamedX
@@ -51,7 +52,9 @@ def encode(
     ``precision`` ``"bf16"`` or ``"16"`` runs it under autocast; ``progress``
     shows a tqdm bar over the batches. ``rows`` are X's samples as rows of
     the X the user passed (default: X itself), for the error that names
-    samples whose features are not finite.
+    samples whose features are not finite. The batches after the first run
+    on one CPU thread when the first one's FLOPs are few (see
+    :func:`~sklearn_finetune._device.batch_threads`).
 
     Returns
     -------
@@ -60,14 +63,23 @@ def encode(
     """
     encoder = prepare_encoder(encoder, trainable=False, device=device)
     chunks: list[np.ndarray] = []
-    with torch.inference_mode(), preserved_modes(encoder), autocast(device, precision):
+    with (
+        torch.inference_mode(),
+        preserved_modes(encoder),
+        autocast(device, precision),
+        contextlib.ExitStack() as threads,
+    ):
         encoder.eval()
         starts = range(0, n_samples(X), batch_size)
         for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress, leave=False):
             batch = to_tensor(multi_indexing(X, slice(start, start + batch_size)), device)
-            with explained_failure(batch):
+            counting = counted_flops() if not chunks else contextlib.nullcontext()
+            with explained_failure(batch), counting as counter:
                 output = call_encoder(encoder, batch)
             features = representation(output, attention_mask(batch))
+            if counter is not None:  # the first batch's FLOPs choose the threads of the others
+                per_sample = counter.get_total_flops() / max(len(features), 1)
+                threads.enter_context(batch_threads(per_sample * batch_size, device))
             batch_rows = (
                 np.arange(start, start + len(features))
                 if rows is None
@@ -271,4 +283,4 @@ class FrozenEncoding:
         is reported (a ValueError saying what it was given).
         """
         encoder = prepare_encoder(self.encoder, trainable=False, device=self.device)
-        return representation_size(encoder, self.representation, X, self.device)
+        return probe_encoder(encoder, self.representation, X, self.device).width

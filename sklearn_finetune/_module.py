@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from skorch.utils import multi_indexing, to_tensor
 from torch import nn
 
+from ._device import counted_flops
 from ._encoder import preserved_modes
 from ._representation import Representation
 
@@ -84,24 +85,36 @@ def check_finite_output(
     )
 
 
-def representation_size(
+class EncoderProbe(NamedTuple):
+    """What one run of the encoder on two samples tells: see :func:`probe_encoder`."""
+
+    width: int
+    flops_per_sample: float
+
+
+def probe_encoder(
     encoder: nn.Module, representation: Representation, X: Any, device: torch.device
-) -> int:
-    """Run the encoder once on X's first two samples and return the representation's width.
+) -> EncoderProbe:
+    """Run the encoder once on X's first two samples: the representation's width, and FLOPs.
 
     The encoder runs in eval mode without gradients and its modes are restored
     afterwards, so the probe changes nothing (no batch-norm statistics move).
     This is also where an encoder that cannot take X, or returns something
-    that is not a tensor, is reported, before any training starts.
+    that is not a tensor, is reported, before any training starts. The
+    forward FLOPs per sample are counted by torch's ``FlopCounterMode``
+    (matrix products, convolutions and attention; they choose the number of
+    threads, see :func:`~sklearn_finetune._device.batch_threads`).
     """
     batch = to_tensor(multi_indexing(X, slice(0, 2)), device)
-    with torch.no_grad(), preserved_modes(encoder):
+    with torch.no_grad(), preserved_modes(encoder), counted_flops() as counter:
         encoder.eval()
         with explained_failure(batch):
             output = call_encoder(encoder, batch)
         features = representation(output, attention_mask(batch))
-        check_finite_output(features, encoder, "at the width probe", rows=range(len(features)))
-        return representation.width(features)
+    check_finite_output(features, encoder, "at the width probe", rows=range(len(features)))
+    return EncoderProbe(
+        representation.width(features), counter.get_total_flops() / max(len(features), 1)
+    )
 
 
 class FoundationModule(nn.Module):

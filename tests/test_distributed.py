@@ -165,7 +165,11 @@ def test_each_dask_worker_encodes_with_one_torch_thread(client, data, tmp_path):
 
 
 def test_each_loky_worker_encodes_with_its_share_of_the_cores(data, tmp_path):
-    """joblib's loky workers: ``cpu_count() // n_jobs`` threads each, as loky sets them."""
+    """joblib's loky workers: ``cpu_count() // n_jobs`` threads each, as loky sets them.
+
+    Each encoding's first batch runs on the worker's share; this encoder is
+    small enough for the rest to run on one thread (``batch_threads``).
+    """
     X, y = data
     log = tmp_path / "log"
     estimator = FoundationClassifier(logging_encoder(log), cache=False, random_state=0)
@@ -173,7 +177,9 @@ def test_each_loky_worker_encodes_with_its_share_of_the_cores(data, tmp_path):
     cross_val_score(estimator, X, y, cv=2, n_jobs=2)
     seen = records(log)
     assert len({pid for pid, _, _ in seen} - {os.getpid()}) >= 1
-    assert {threads for _, _, threads in seen} == {max(1, joblib.cpu_count() // 2)}
+    share = max(1, joblib.cpu_count() // 2)
+    assert max(threads for _, _, threads in seen) == share
+    assert {threads for _, rows, threads in seen if rows > 2} <= {1, share}
     assert torch.get_num_threads() == threads_here
 
 

@@ -124,7 +124,7 @@ class ConvEncoder(nn.Module):
         (ConvEncoder(), (40, 1, 8, 8), "max", 5),
     ],
 )
-def test_representation_size_is_found_by_running_the_encoder(encoder, X_shape, pooling, width):
+def test_probe_encoder_is_found_by_running_the_encoder(encoder, X_shape, pooling, width):
     rng = np.random.default_rng(0)
     X = rng.normal(size=X_shape).astype(np.float32)
     y = np.arange(len(X)) % 2
