@@ -446,9 +446,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                 features = torch.as_tensor(encoding.features(X), device=self.device_)
                 with torch_threads(HEAD_THREADS, self.device_):
                     return getattr(self.net_, method)(features)
-            probe = probe_encoder(self.encoder_, self.module_.representation, X, self.device_)
-            flops = probe.flops_per_sample * self._inference_batch_size()
-            with preserved_modes(self.encoder_), batch_threads(flops, self.device_):
+            with preserved_modes(self.encoder_):
                 return getattr(self.net_, method)(X)
 
     def __getstate__(self) -> dict[str, Any]:

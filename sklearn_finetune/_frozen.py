@@ -78,8 +78,7 @@ def encode(
                 output = call_encoder(encoder, batch)
             features = representation(output, attention_mask(batch))
             if counter is not None:  # the first batch's FLOPs choose the threads of the others
-                per_sample = counter.get_total_flops() / max(len(features), 1)
-                threads.enter_context(batch_threads(per_sample * batch_size, device))
+                threads.enter_context(batch_threads(counter.get_total_flops(), device))
             batch_rows = (
                 np.arange(start, start + len(features))
                 if rows is None

@@ -11,7 +11,7 @@ from skorch.utils import TeeGenerator, to_device, to_tensor
 from torch import nn
 
 from ._callbacks import estimator_callbacks
-from ._device import autocast
+from ._device import autocast, batch_threads, counted_flops
 from ._module import FoundationModule, check_finite_output
 from ._optimization import solver_settings, steps_per_epoch
 from ._probe_solver import LinearSolver
@@ -117,7 +117,23 @@ class FoundationNet(NeuralNet):
     def forward_iter(
         self, X: Any, training: bool = False, device: str | torch.device = "cpu"
     ) -> Iterator[torch.Tensor]:
-        """skorch's, with a tensor X (cached features) sliced into batches, no loader between."""
+        """skorch's, with a tensor X (cached features) sliced into batches, no loader between.
+
+        The first batch's FLOPs choose the threads of the others (see
+        ``batch_threads``): a light model predicts on one CPU thread.
+        """
+        outputs = self._batch_outputs(X, training, device)
+        with counted_flops() as counter:
+            first = next(outputs, None)
+        if first is None:
+            return
+        with batch_threads(counter.get_total_flops(), torch.device(self.device)):
+            yield first
+            yield from outputs
+
+    def _batch_outputs(
+        self, X: Any, training: bool, device: str | torch.device
+    ) -> Iterator[torch.Tensor]:
         if not isinstance(X, torch.Tensor):
             yield from super().forward_iter(X, training=training, device=device)
             return
