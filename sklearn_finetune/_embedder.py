@@ -175,9 +175,10 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         return clone_sharing(self)
 
     def __getstate__(self) -> dict[str, Any]:
-        """The state; unfitted, with a cache that shares encoders, the encoder as its file's reference.
+        """The state to pickle: a fitted embedder's as it is, an unfitted one's maybe shared.
 
-        See ``share_encoders`` in :class:`FeatureCache`.
+        Unfitted, with a ``FeatureCache(directory, share_encoders=True)`` as
+        ``cache``, the encoder is pickled as a reference to its file there.
         """
         return with_shared_encoder(super().__getstate__(), fitted=hasattr(self, "n_features_out_"))
 

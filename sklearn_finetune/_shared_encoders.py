@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from sklearn.base import BaseEstimator
 from torch import nn
 
 from ._cache import FeatureCache
@@ -39,7 +40,7 @@ _loading = threading.Lock()
 #: Whether this thread is inside a ``copy.deepcopy`` of an estimator.
 _copying = threading.local()
 
-Estimator = TypeVar("Estimator")
+Estimator = TypeVar("Estimator", bound=BaseEstimator)
 
 
 class EncoderFile:
@@ -175,16 +176,17 @@ def deepcopy_with_own_encoder(estimator: Estimator, memo: dict[int, Any]) -> Est
     """``copy.deepcopy(estimator)`` as without sharing: the copy's encoder is a copy.
 
     A deep copy never leaves the process, so its encoder is copied, not
-    written to the cache directory and shared: what ``copy.deepcopy`` does
-    through ``__getstate__`` and ``__setstate__`` otherwise.
+    written to the cache directory and shared. Otherwise this is what
+    ``copy.deepcopy`` does through ``__reduce_ex__``: the state from
+    ``__getstate__``, deep-copied, given to ``__setstate__`` of a new object.
     """
     previous = getattr(_copying, "active", False)
     _copying.active = True
     try:
-        state = estimator.__getstate__()  # type: ignore[attr-defined]
+        state = estimator.__getstate__()
     finally:
         _copying.active = previous
-    new = type(estimator).__new__(type(estimator))  # type: ignore[call-overload]
+    new = object.__new__(type(estimator))  # as copyreg.__newobj__ (no __new__ of our own)
     memo[id(estimator)] = new
     new.__setstate__(copy.deepcopy(state, memo))
     return new

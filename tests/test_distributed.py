@@ -142,7 +142,7 @@ def test_a_grid_search_on_dask_matches_the_local_one_and_encodes_each_sample_onc
 
 
 def test_share_encoders_sends_the_encoder_to_each_worker_once(client, data, tmp_path):
-    """With ``share_encoders=True`` each task carries a reference; each process loads the file once."""
+    """``share_encoders=True``: each task carries a reference; each process loads the file once."""
     X, y = data
     grid = {"head": ["linear", "mlp"], "lr": [1e-3, 1e-2]}  # 4 candidates x 3 folds
     settings = dict(solver="adamw", max_epochs=3, random_state=0)

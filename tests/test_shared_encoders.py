@@ -131,7 +131,8 @@ def test_a_fitted_estimator_pickles_its_encoder_and_loads_elsewhere_without_the_
 def test_deepcopy_and_clone_are_as_without_sharing(tmp_path):
     cache = FeatureCache(tmp_path, share_encoders=True)
     given = encoder(8, seed=2)
-    for estimator in (FoundationClassifier(given, cache=cache), FoundationEmbedder(given, cache=cache)):
+    for estimator_class in (FoundationClassifier, FoundationEmbedder):
+        estimator = estimator_class(given, cache=cache)
         copied = copy.deepcopy(estimator)
         assert copied.encoder is not given and copied.cache is not cache
         assert_same_state(state_of(given), copied.encoder)
