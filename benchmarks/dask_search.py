@@ -12,7 +12,8 @@ Prints, as Markdown:
    (candidate, fold) task, next to the encoder's own pickle; how many times
    the encoder was unpickled in the workers and here (dask's scheduler runs
    in this process and unpickles every task too), counted by the encoder's
-   ``__setstate__``; and the search's wall time.
+   ``__setstate__``; and the search's wall time (after a warm-up search
+   in which the workers import everything and fit once).
 3. torch's intra-op thread count seen inside the encoder's ``forward``, in
    the workers and here.
 4. Whether ``cv_results_`` (all but the times) equal the local run's.
@@ -106,6 +107,9 @@ def main() -> None:
         Client(cluster) as client,
     ):
         workers = set(client.run(os.getpid).values())
+        with joblib.parallel_backend("dask"):  # warm-up: every worker imports and runs a fit
+            warm_up = FoundationClassifier(nn.Linear(64, 8), cache=False, **settings)
+            GridSearchCV(warm_up, {"lr": [1e-3, 1e-2]}, cv=2).fit(X, y)
         for name, cache in [
             ("shared directory", FeatureCache(work / "features")),
             (
