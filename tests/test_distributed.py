@@ -234,6 +234,20 @@ def test_each_loky_worker_encodes_with_its_share_of_the_cores(data, tmp_path):
     assert torch.get_num_threads() == threads_here
 
 
+def test_share_encoders_sends_the_encoder_to_each_loky_worker_once(data, tmp_path):
+    """joblib's loky backend (``n_jobs``) pickles every task too: one load per worker process."""
+    X, y = data
+    log = tmp_path / "log"
+    torch.manual_seed(0)
+    encoder = UnpicklingLoggingEncoder(str(log))
+    cache = FeatureCache(tmp_path / "features", share_encoders=True)
+    estimator = FoundationClassifier(encoder, cache=cache, max_epochs=2, random_state=0)
+    local = cross_val_score(estimator, X, y, cv=4)
+    np.testing.assert_array_equal(cross_val_score(estimator, X, y, cv=4, n_jobs=2), local)
+    loads = Counter(int(pid) for pid in Path(f"{log}.loads").read_text().split())
+    assert os.getpid() not in loads and set(loads.values()) == {1}, loads
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     "'slow' not in config.getoption('markexpr')", reason="starting Ray takes 15 s: -m slow"
