@@ -52,7 +52,7 @@ class FeatureCache:
         renamed into place) and named by the SHA-256 of their content; a file whose
         content does not match its name, or is not two plain ``.npy`` arrays of
         digests and float32 features, is deleted with a warning and its samples are
-        encoded again. Nothing on disk is ever unpickled, and files not named like
+        encoded again. No feature file is ever unpickled, and files not named like
         ours (temporary files of a writer that was killed included) are left alone.
         A process that must encode samples under an encoder holds that encoder's
         lock (``flock`` on ``<key>/.lock``, released by the system if the process
@@ -79,7 +79,10 @@ class FeatureCache:
         every process that unpickles them (each worker, and dask's
         scheduler) must read the directory at the same path: a missing file
         raises ``FileNotFoundError`` and one whose content changed a
-        ``ValueError``, both naming the file. Fitted estimators, ``clone``
+        ``ValueError``, both naming the file. The file is unpickled
+        (``torch.load``) only if its SHA-256 is the one in the estimator's
+        own pickle; if it cannot be written, the estimator is pickled with
+        its encoder, with a warning. Fitted estimators, ``clone``
         and ``copy.deepcopy`` are as without it; :meth:`clear` deletes the
         files too. Requires ``directory``: a ``ValueError`` otherwise.
 
@@ -106,6 +109,16 @@ class FeatureCache:
     >>> _ = cache.fetch("encoder-key", [b"b", b"c"], encode)
     >>> cache.hits, cache.misses
     (1, 3)
+
+    With ``share_encoders=True`` what a search sends each task stays small:
+
+    >>> import pickle, tempfile
+    >>> from torch import nn
+    >>> from sklearn_finetune import FoundationClassifier
+    >>> shared = FeatureCache(tempfile.mkdtemp(), share_encoders=True)
+    >>> task = pickle.dumps(FoundationClassifier(nn.Linear(64, 1024), cache=shared))
+    >>> len(task) < 10_000  # the encoder's 266 KB of weights went to shared.directory
+    True
     """
 
     _default: ClassVar[FeatureCache | None] = None

@@ -33,7 +33,8 @@ from ._cache import FeatureCache
 from ._cache_files import ENCODER_FOLDER, ENCODER_SUFFIX
 
 #: The encoders this process loaded from their files, by SHA-256: one per
-#: encoder a search shares, kept for the life of the process.
+#: encoder a search shares, kept for the life of the process (a worker's
+#: next search, or the rest of this one, finds it here).
 LOADED: dict[str, nn.Module] = {}
 _loading = threading.Lock()
 
@@ -86,8 +87,22 @@ def with_shared_encoder(state: dict[str, Any], *, fitted: bool) -> dict[str, Any
         or not isinstance(encoder, nn.Module)
     ):
         return state
-    reference = _written(encoder, cache.directory)
+    reference = _loaded_reference(encoder, cache.directory) or _written(encoder, cache.directory)
     return state if reference is None else {**state, "encoder": reference}
+
+
+def _loaded_reference(encoder: nn.Module, directory: Path) -> EncoderFile | None:
+    """The reference to ``encoder`` if this process loaded it from its file (no hashing again).
+
+    dask's scheduler unpickles every task and pickles it again to send it on;
+    a loaded encoder is shared by tasks that never change it, so its content
+    is still the file's.
+    """
+    with _loading:
+        sha256 = next((sha for sha, module in LOADED.items() if module is encoder), None)
+    if sha256 is None:
+        return None
+    return EncoderFile(str(directory / ENCODER_FOLDER / f"{sha256}{ENCODER_SUFFIX}"), sha256)
 
 
 def _written(encoder: nn.Module, directory: Path) -> EncoderFile | None:

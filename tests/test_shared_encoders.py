@@ -90,6 +90,18 @@ def test_unpickled_estimators_share_one_loaded_encoder_with_the_original_cache_k
     assert_same_state(before, second.encoder)  # fit left the shared encoder alone
 
 
+def test_a_loaded_encoder_is_pickled_again_as_its_reference_without_writing(tmp_path):
+    """As dask's scheduler does with every task: unpickle, then pickle again to send it on."""
+    cache = FeatureCache(tmp_path, share_encoders=True)
+    task = pickle.dumps(FoundationClassifier(encoder(8, seed=5), cache=cache))
+    loaded = pickle.loads(task)
+    [file] = encoder_files(tmp_path)
+    file.unlink()  # not read, not written again: the reference is the one it was loaded from
+    again = pickle.dumps(loaded)
+    assert not encoder_files(tmp_path) and len(again) < 8_000
+    assert pickle.loads(again).encoder is loaded.encoder
+
+
 def test_a_missing_or_changed_encoder_file_is_an_error_naming_it(tmp_path):
     cache = FeatureCache(tmp_path, share_encoders=True)
     task = pickle.dumps(FoundationClassifier(encoder(8, seed=1), cache=cache))
