@@ -4,12 +4,16 @@ Prints, as Markdown:
 
 1. Samples the frozen encoder ran on across the whole search (every worker
    and the refit here), against the unique samples, with the feature cache
-   on a directory both workers share (``FeatureCache(directory)``) and
-   without a cache directory (each worker's own memory).
-2. What each task carries: the bytes of the pickled estimator clone that
-   ``GridSearchCV`` hands joblib for every (candidate, fold) task, next to
-   the encoder's own pickle, and how many times each worker unpickled the
-   encoder (counted by the encoder's ``__setstate__``).
+   on a directory both workers share (``FeatureCache(directory)``, with and
+   without ``share_encoders=True``) and without a cache directory (each
+   worker's own memory).
+2. What each task carries, side by side for every cache: the bytes of the
+   pickled estimator clone that ``GridSearchCV`` hands joblib for every
+   (candidate, fold) task, next to the encoder's own pickle; how many times
+   the encoder was unpickled in the workers and here (dask's scheduler runs
+   in this process and unpickles every task too), counted by the encoder's
+   ``__setstate__``; and the search's wall time (after a warm-up search
+   in which the workers import everything and fit once).
 3. torch's intra-op thread count seen inside the encoder's ``forward``, in
    the workers and here.
 4. Whether ``cv_results_`` (all but the times) equal the local run's.
@@ -103,14 +107,25 @@ def main() -> None:
         Client(cluster) as client,
     ):
         workers = set(client.run(os.getpid).values())
+        with joblib.parallel_backend("dask"):  # warm-up: every worker imports and runs a fit
+            warm_up = FoundationClassifier(nn.Linear(64, 8), cache=False, **settings)
+            GridSearchCV(warm_up, {"lr": [1e-3, 1e-2]}, cv=2).fit(X, y)
         for name, cache in [
             ("shared directory", FeatureCache(work / "features")),
+            (
+                "shared directory, share_encoders=True",
+                FeatureCache(work / "features-shared", share_encoders=True),
+            ),
             ("cache=True (each worker process's memory)", True),
             ("a FeatureCache() object (each task's memory)", FeatureCache()),
         ]:
             estimator = FoundationClassifier(encoder, cache=cache, **settings)
+            task_bytes = len(pickle.dumps(clone(estimator)))  # what each task carries
+            log.unlink(missing_ok=True)  # the share_encoders file was written: not a load
+            start = time.perf_counter()
             with joblib.parallel_backend("dask"):
                 remote = GridSearchCV(estimator, grid, cv=3).fit(X, y)
+            seconds = time.perf_counter() - start
             same = all(
                 np.array_equal(local.cv_results_[key], remote.cv_results_[key])
                 for key in local.cv_results_
@@ -124,22 +139,24 @@ def main() -> None:
             threads = sorted({(int(r[1]) in workers, int(r[3])) for r in forwards})
             unpickled = Counter(int(r[1]) for r in records if r[0] == "unpickled")
             per_worker = sorted(unpickled[pid] for pid in workers)
-            rows.append((name, in_workers, here, same, threads, per_worker))
+            loads = (per_worker, unpickled[os.getpid()])
+            rows.append((name, in_workers, here, same, threads, loads, task_bytes, seconds))
 
     tasks = len(local.cv_results_["params"]) * 3
     print(f"### GridSearchCV, 4 candidates x 3 folds ({tasks} tasks), {len(X)} samples")
     print(f"({unique} unique), encoder width {args.width}, two single-threaded workers\n")
     print("| cache | encoded in workers | in the refit here | / unique | same cv_results_ |")
     print("| --- | --- | --- | --- | --- |")
-    for name, in_workers, here, same, _, _ in rows:
+    for name, in_workers, here, same, *_ in rows:
         ratio = (in_workers + here) / unique
         print(f"| {name} | {in_workers} | {here} | {ratio:.2f}x | {same} |")
-    clone_bytes = len(pickle.dumps(clone(FoundationClassifier(encoder, **settings))))
     encoder_bytes = len(pickle.dumps(encoder))
-    print(f"\nbytes of the pickled estimator each task carries: {clone_bytes:,}")
-    print(f"bytes of the encoder's own pickle: {encoder_bytes:,}")
-    print(f"encoder unpickled per worker (shared-directory search): {rows[0][5]}")
-    print("torch threads in forward, (in a worker, threads):", rows[0][4])
+    print(f"\nWhat each task carries (the encoder's own pickle: {encoder_bytes:,} bytes)\n")
+    print("| cache | bytes per task | encoder unpickled: per worker | here | search (s) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, *_, (per_worker, here), task_bytes, seconds in rows:
+        print(f"| {name} | {task_bytes:,} | {per_worker} | {here} | {seconds:.1f} |")
+    print("\ntorch threads in forward, (in a worker, threads):", rows[0][4])
 
 
 if __name__ == "__main__":

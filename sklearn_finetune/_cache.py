@@ -16,7 +16,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._cache_files import BLOCK_NAME, SUFFIX, Block, encoding_lock, read_block, signature
+from ._cache_files import (
+    BLOCK_NAME,
+    ENCODER_FOLDER,
+    ENCODER_NAME,
+    SUFFIX,
+    Block,
+    encoding_lock,
+    read_block,
+    signature,
+)
 
 #: Default bound on the bytes of features held in memory: 1 GiB.
 DEFAULT_MAX_BYTES = 2**30
@@ -43,7 +52,7 @@ class FeatureCache:
         renamed into place) and named by the SHA-256 of their content; a file whose
         content does not match its name, or is not two plain ``.npy`` arrays of
         digests and float32 features, is deleted with a warning and its samples are
-        encoded again. Nothing on disk is ever unpickled, and files not named like
+        encoded again. No feature file is ever unpickled, and files not named like
         ours (temporary files of a writer that was killed included) are left alone.
         A process that must encode samples under an encoder holds that encoder's
         lock (``flock`` on ``<key>/.lock``, released by the system if the process
@@ -57,6 +66,25 @@ class FeatureCache:
         Bound on the features held in memory. The least recently used blocks
         (the samples one fit or prediction encoded together) are dropped
         first; with a directory they are read back from disk when needed.
+    share_encoders : bool, default=False
+        Send an estimator's encoder to each process once, through the
+        directory, rather than with every task of a search. An unfitted
+        estimator (or ``FoundationEmbedder``) whose ``cache`` is this cache
+        pickles its encoder as a reference (the path and SHA-256 of
+        ``<directory>/encoders/<sha256>.pt``, which the pickling process
+        writes once, atomically, with ``torch.save``); in each process that
+        unpickles such estimators, the first loads the file, checks its
+        SHA-256 and keeps the module for the life of the process, and the
+        others share it (``fit`` never changes the encoder it is given). So
+        every process that unpickles them (each worker, and dask's
+        scheduler) must read the directory at the same path: a missing file
+        raises ``FileNotFoundError`` and one whose content changed a
+        ``ValueError``, both naming the file. The file is unpickled
+        (``torch.load``) only if its SHA-256 is the one in the estimator's
+        own pickle; if it cannot be written, the estimator is pickled with
+        its encoder, with a warning. Fitted estimators, ``clone``
+        and ``copy.deepcopy`` are as without it; :meth:`clear` deletes the
+        files too. Requires ``directory``: a ``ValueError`` otherwise.
 
     Attributes
     ----------
@@ -81,21 +109,43 @@ class FeatureCache:
     >>> _ = cache.fetch("encoder-key", [b"b", b"c"], encode)
     >>> cache.hits, cache.misses
     (1, 3)
+
+    With ``share_encoders=True`` what a search sends each task stays small:
+
+    >>> import pickle, tempfile
+    >>> from torch import nn
+    >>> from sklearn_finetune import FoundationClassifier
+    >>> shared = FeatureCache(tempfile.mkdtemp(), share_encoders=True)
+    >>> task = pickle.dumps(FoundationClassifier(nn.Linear(64, 1024), cache=shared))
+    >>> len(task) < 10_000  # the encoder's 266 KB of weights went to shared.directory
+    True
     """
 
     _default: ClassVar[FeatureCache | None] = None
     _for_directory: ClassVar[dict[str, FeatureCache]] = {}
 
     def __init__(
-        self, directory: str | os.PathLike | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+        self,
+        directory: str | os.PathLike | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        share_encoders: bool = False,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(
                 f"max_bytes must be a non-negative int (bytes of features kept in memory); "
                 f"got {max_bytes!r}."
             )
+        if not isinstance(share_encoders, bool):
+            raise TypeError(f"share_encoders must be True or False; got {share_encoders!r}.")
+        if share_encoders and directory is None:
+            raise ValueError(
+                "share_encoders=True needs a directory that every worker reads: the encoder "
+                "is written there once instead of travelling with each task. Pass "
+                "FeatureCache(directory, share_encoders=True), or leave share_encoders=False."
+            )
         self.directory = None if directory is None else _checked_directory(directory)
         self.max_bytes = max_bytes
+        self.share_encoders = share_encoders
         self._start_empty()
 
     def _start_empty(self) -> None:
@@ -234,10 +284,17 @@ class FeatureCache:
         return computed[[row_of[digests[position]] for position in unseen]], len(missing)
 
     def clear(self) -> None:
-        """Forget everything: the memory layer, the counters and our files under ``directory``."""
+        """Forget everything: the memory layer, the counters and our files under ``directory``.
+
+        Our files are the feature blocks and the encoders that
+        ``share_encoders`` wrote, whichever cache object wrote them.
+        """
         if self.directory is not None and self.directory.exists():
             for file in self.directory.glob(f"*/*{SUFFIX}"):
                 if BLOCK_NAME.fullmatch(file.name) and file.is_file():
+                    file.unlink(missing_ok=True)
+            for file in (self.directory / ENCODER_FOLDER).glob("*"):
+                if ENCODER_NAME.fullmatch(file.name) and file.is_file():
                     file.unlink(missing_ok=True)
         with self._lock:
             self._start_empty()
@@ -357,16 +414,22 @@ class FeatureCache:
     # Pickling: a cache travels as its settings, never as its content -----------
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"directory": self.directory, "max_bytes": self.max_bytes}
+        return {
+            "directory": self.directory,
+            "max_bytes": self.max_bytes,
+            "share_encoders": self.share_encoders,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.directory = state["directory"]
         self.max_bytes = state["max_bytes"]
+        self.share_encoders = state.get("share_encoders", False)  # pickled before it existed
         self._start_empty()
 
     def __repr__(self) -> str:
         where = "" if self.directory is None else f"directory={str(self.directory)!r}, "
-        return f"FeatureCache({where}max_bytes={self.max_bytes})"
+        shares = ", share_encoders=True" if self.share_encoders else ""
+        return f"FeatureCache({where}max_bytes={self.max_bytes}{shares})"
 
 
 def feature_cache(setting: bool | str | os.PathLike | FeatureCache) -> FeatureCache | None:

@@ -28,6 +28,13 @@ LOCK_NAME = ".lock"
 
 BLOCK_NAME = re.compile(rf"[0-9a-f]{{64}}{re.escape(SUFFIX)}")
 
+#: Where ``FeatureCache(directory, share_encoders=True)`` keeps the encoders
+#: that unfitted estimators are pickled with (``<folder>/<sha256>.pt``, see
+#: ``_shared_encoders``): not a 64-digit encoder key, so never read as features.
+ENCODER_FOLDER = "encoders"
+ENCODER_SUFFIX = ".pt"
+ENCODER_NAME = re.compile(rf"[0-9a-f]{{64}}{re.escape(ENCODER_SUFFIX)}")
+
 
 @dataclass
 class Block:

@@ -25,6 +25,7 @@ from ._frozen import FrozenEncoding
 from ._inputs import validate_X
 from ._parameters import CacheSetting, EstimatorParameters
 from ._representation import POOLINGS, Pooling, Representation
+from ._shared_encoders import deepcopy_with_own_encoder, with_shared_encoder
 
 
 @declared
@@ -172,6 +173,18 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     def __sklearn_clone__(self) -> FoundationEmbedder:
         """An unfitted copy sharing the encoder and the cache (neither is changed by fit)."""
         return clone_sharing(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state to pickle: a fitted embedder's as it is, an unfitted one's maybe shared.
+
+        Unfitted, with a ``FeatureCache(directory, share_encoders=True)`` as
+        ``cache``, the encoder is pickled as a reference to its file there.
+        """
+        return with_shared_encoder(super().__getstate__(), fitted=hasattr(self, "n_features_out_"))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FoundationEmbedder:
+        """A copy through :meth:`__getstate__`, with its own encoder even if the cache shares it."""
+        return deepcopy_with_own_encoder(self, memo)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -41,6 +41,7 @@ from ._parameters import EstimatorParameters
 from ._plan import FitPlan, check_lengths, plan_fit, regime_of
 from ._probe_solver import LinearSolver
 from ._representation import Representation
+from ._shared_encoders import deepcopy_with_own_encoder, with_shared_encoder
 
 #: The attributes every fitted estimator has, filled in for
 #: ``{shared_attributes}`` in the subclasses' docstrings.
@@ -460,12 +461,16 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         own callbacks) the plain state is pickled: torch's pickler already
         handles every tensor. ``accelerator`` is pickled as None: it is a
         handle on the processes of one launch, which another process has not.
+        Unfitted, with a ``FeatureCache(directory, share_encoders=True)`` as
+        ``cache``, the encoder is pickled as a reference to its file there
+        (see :func:`with_shared_encoder`).
         """
         state = super().__getstate__()
         if state.get("accelerator") is not None:  # a handle on this launch's processes only
             state = {**state, "accelerator": None}
         if getattr(_pickling, "active", False):
             return state
+        state = with_shared_encoder(state, fitted="module_" in state)
         buffer = io.BytesIO()
         _pickling.active = True
         try:
@@ -490,6 +495,10 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                 stacklevel=2,
             )
             self.device_ = torch.device("cpu")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FoundationEstimator:
+        """A copy through :meth:`__getstate__`, with its own encoder even if the cache shares it."""
+        return deepcopy_with_own_encoder(self, memo)
 
     def __sklearn_clone__(self) -> FoundationEstimator:
         """An unfitted copy sharing the encoder and cache objects (see :func:`clone_sharing`)."""

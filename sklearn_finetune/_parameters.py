@@ -422,7 +422,10 @@ class EstimatorParameters:
         :meth:`FeatureCache.default` (1 GiB bound, least recently used
         dropped first). A directory path: also on disk, shared by joblib
         workers and later processes (see :class:`FeatureCache`). A
-        ``FeatureCache``: that one. ``False``: nothing is kept, but a
+        ``FeatureCache``: that one; ``FeatureCache(directory,
+        share_encoders=True)`` also sends the encoder to each worker process
+        once, through the directory, instead of with every task of a
+        search. ``False``: nothing is kept, but a
         frozen backbone still encodes X once per call. The choice changes
         speed, never results.
         """,

@@ -9,7 +9,9 @@ to a file, so samples encoded in every worker are counted, not estimated.
 from __future__ import annotations
 
 import os
+import pickle
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +46,22 @@ class LoggingEncoder(nn.Module):
             handle.write(f"{os.getpid()} {len(x)} {torch.get_num_threads()}\n")
         time.sleep(self.pause)
         return self.inner(x)
+
+
+class UnpicklingLoggingEncoder(LoggingEncoder):
+    """A LoggingEncoder that also records each unpickling of it, by pid, in ``<log>.loads``."""
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        with open(f"{self.log}.loads", "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+
+
+def loaded_encoders() -> list[str]:
+    """The SHA-256 of each encoder this process loaded from a cache directory (``client.run``)."""
+    from sklearn_finetune._shared_encoders import LOADED
+
+    return list(LOADED)
 
 
 def records(log: Path) -> list[tuple[int, int, int]]:
@@ -123,6 +141,45 @@ def test_a_grid_search_on_dask_matches_the_local_one_and_encodes_each_sample_onc
     assert unique <= encoded <= 1.05 * unique, (encoded, unique)
 
 
+def test_share_encoders_sends_the_encoder_to_each_worker_once(client, data, tmp_path):
+    """``share_encoders=True``: each task carries a reference; each process loads the file once."""
+    X, y = data
+    grid = {"head": ["linear", "mlp"], "lr": [1e-3, 1e-2]}  # 4 candidates x 3 folds
+    settings = dict(solver="adamw", max_epochs=3, random_state=0)
+    local = GridSearchCV(
+        FoundationClassifier(logging_encoder(tmp_path / "local.log"), cache=False, **settings),
+        grid,
+        cv=3,
+    ).fit(X, y)
+    log = tmp_path / "remote.log"
+    torch.manual_seed(0)
+    encoder = UnpicklingLoggingEncoder(str(log), pause=0.1)
+    cache = FeatureCache(tmp_path / "features", share_encoders=True)
+    estimator = FoundationClassifier(encoder, cache=cache, **settings)
+    task = pickle.dumps(clone(estimator))  # what GridSearchCV sends with each task
+    [file] = (tmp_path / "features" / "encoders").iterdir()
+    written = file.stat()
+    with joblib.parallel_backend("dask"):
+        remote = GridSearchCV(estimator, grid, cv=3).fit(X, y)
+    same_results(local.cv_results_, remote.cv_results_)
+
+    assert list((tmp_path / "features" / "encoders").iterdir()) == [file]  # written once
+    assert (file.stat().st_ino, file.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    whole = pickle.dumps(clone(FoundationClassifier(encoder, **settings)))
+    assert len(task) < len(whole) - len(pickle.dumps(encoder)) + 1_000
+    workers = set(client.run(os.getpid).values())
+    loads = Counter(int(pid) for pid in Path(f"{log}.loads").read_text().split())
+    # each process loaded it once at most: the workers, and this one (dask's scheduler)
+    assert set(loads) <= workers | {os.getpid()} and set(loads) & workers, loads
+    assert set(loads.values()) == {1}, loads
+    holding = [pid for pid, shas in client.run(loaded_encoders).items() if file.stem in shas]
+    assert len(holding) == len(set(loads) & workers)
+    seen = records(log)
+    assert {pid for pid, _, _ in seen} <= workers  # the loaded encoder has the cache's key
+    unique = len(np.unique(X, axis=0))
+    assert unique <= sum(rows for _, rows, _ in seen) <= 1.05 * unique
+
+
 def test_a_randomized_search_of_a_regressor_on_dask_matches_the_local_one(client, data, tmp_path):
     X, y = data
     target = y.astype(np.float32) + X[:, 20]
@@ -181,6 +238,20 @@ def test_each_loky_worker_encodes_with_its_share_of_the_cores(data, tmp_path):
     assert max(threads for _, _, threads in seen) == share
     assert {threads for _, rows, threads in seen if rows > 2} <= {1, share}
     assert torch.get_num_threads() == threads_here
+
+
+def test_share_encoders_sends_the_encoder_to_each_loky_worker_once(data, tmp_path):
+    """joblib's loky backend (``n_jobs``) pickles every task too: one load per worker process."""
+    X, y = data
+    log = tmp_path / "log"
+    torch.manual_seed(0)
+    encoder = UnpicklingLoggingEncoder(str(log))
+    cache = FeatureCache(tmp_path / "features", share_encoders=True)
+    estimator = FoundationClassifier(encoder, cache=cache, max_epochs=2, random_state=0)
+    local = cross_val_score(estimator, X, y, cv=4)
+    np.testing.assert_array_equal(cross_val_score(estimator, X, y, cv=4, n_jobs=2), local)
+    loads = Counter(int(pid) for pid in Path(f"{log}.loads").read_text().split())
+    assert os.getpid() not in loads and set(loads.values()) == {1}, loads
 
 
 @pytest.mark.slow

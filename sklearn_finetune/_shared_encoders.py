@@ -1,0 +1,207 @@
+"""Encoders shared through a feature cache directory: pickled as a file reference, loaded once.
+
+Under joblib's dask backend every (candidate, fold) task carries a clone of
+the estimator, and the encoder inside it travels with each task (joblib's
+``scatter`` reaches only a task's top-level arguments). With
+``FeatureCache(directory, share_encoders=True)`` an unfitted estimator
+pickles its encoder as an :class:`EncoderFile` instead: the path and SHA-256
+of ``<directory>/encoders/<sha256>.pt``, which the pickling process writes
+once (``torch.save`` of the module, atomically). Unpickling the reference
+gives the module itself, loaded from the file by the first task of each
+process and shared by the later ones (``fit`` never changes the encoder it
+is given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import os
+import threading
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from ._cache import FeatureCache
+from ._cache_files import ENCODER_FOLDER, ENCODER_SUFFIX
+
+#: The encoders this process loaded from their files, by SHA-256: one per
+#: encoder a search shares, kept for the life of the process (a worker's
+#: next search, or the rest of this one, finds it here).
+LOADED: dict[str, nn.Module] = {}
+_loading = threading.Lock()
+
+#: Whether this thread is inside a ``copy.deepcopy`` of an estimator.
+_copying = threading.local()
+
+Estimator = TypeVar("Estimator", bound=BaseEstimator)
+
+
+class EncoderFile:
+    """What a pickle carries in place of an encoder: the file that holds it, and its SHA-256.
+
+    Unpickled, it is the module itself (:func:`load_shared_encoder`).
+    """
+
+    def __init__(self, path: str, sha256: str) -> None:
+        self.path = path
+        self.sha256 = sha256
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return load_shared_encoder, (self.path, self.sha256)
+
+
+def with_shared_encoder(state: dict[str, Any], *, fitted: bool) -> dict[str, Any]:
+    """An estimator's pickled state, its encoder replaced by an :class:`EncoderFile` if shared.
+
+    Only an unfitted estimator (what a search sends each task) whose
+    ``cache`` is a ``FeatureCache`` with ``share_encoders=True``, outside
+    ``copy.deepcopy``; ``state`` itself is not changed. If the file cannot
+    be written, the encoder stays in the state, with a warning.
+
+    Parameters
+    ----------
+    state : dict
+        The estimator's state, as its ``__getstate__`` would pickle it.
+    fitted : bool
+        Whether the estimator is fitted: then the state is returned as it is.
+
+    Returns
+    -------
+    dict
+    """
+    cache, encoder = state.get("cache"), state.get("encoder")
+    if (
+        fitted
+        or getattr(_copying, "active", False)
+        or not isinstance(cache, FeatureCache)
+        or not cache.share_encoders
+        or cache.directory is None
+        or not isinstance(encoder, nn.Module)
+    ):
+        return state
+    reference = _loaded_reference(encoder, cache.directory) or _written(encoder, cache.directory)
+    return state if reference is None else {**state, "encoder": reference}
+
+
+def _loaded_reference(encoder: nn.Module, directory: Path) -> EncoderFile | None:
+    """The reference to ``encoder`` if this process loaded it from its file (no hashing again).
+
+    dask's scheduler unpickles every task and pickles it again to send it on;
+    a loaded encoder is shared by tasks that never change it, so its content
+    is still the file's.
+    """
+    with _loading:
+        sha256 = next((sha for sha, module in LOADED.items() if module is encoder), None)
+    if sha256 is None:
+        return None
+    return EncoderFile(str(directory / ENCODER_FOLDER / f"{sha256}{ENCODER_SUFFIX}"), sha256)
+
+
+def _written(encoder: nn.Module, directory: Path) -> EncoderFile | None:
+    """Write ``torch.save(encoder)`` to its file unless it is there; None if that failed."""
+    buffer = io.BytesIO()
+    torch.save(encoder, buffer)
+    data = buffer.getvalue()
+    sha256 = hashlib.sha256(data).hexdigest()
+    folder = directory / ENCODER_FOLDER
+    file = folder / f"{sha256}{ENCODER_SUFFIX}"
+    temporary = folder / f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    try:
+        if not file.is_file():  # an existing file has this very content: keep it
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, file)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        warnings.warn(
+            f"Could not write the encoder to {file} ({exc}); the estimator is pickled with "
+            f"its encoder, as with share_encoders=False.",
+            RuntimeWarning,
+            stacklevel=4,  # _written, with_shared_encoder, __getstate__, the pickler
+        )
+        return None
+    return EncoderFile(str(file), sha256)
+
+
+def load_shared_encoder(path: str, sha256: str) -> nn.Module:
+    """The encoder in ``path``: loaded and checked by the first caller in this process, then kept.
+
+    Parameters
+    ----------
+    path : str
+        The encoder's file, ``<directory>/encoders/<sha256>.pt``.
+    sha256 : str
+        The SHA-256 of the file's content when it was written.
+
+    Returns
+    -------
+    torch.nn.Module
+        The same object for every call with ``sha256`` in this process.
+
+    Raises
+    ------
+    FileNotFoundError or OSError
+        If the file cannot be read here.
+    ValueError
+        If its content is not what was written (its SHA-256 differs).
+    """
+    with _loading:  # the other threads of this process wait, then share the one load
+        if sha256 not in LOADED:
+            LOADED[sha256] = _load(path, sha256)
+        return LOADED[sha256]
+
+
+def _load(path: str, sha256: str) -> nn.Module:
+    advice = (
+        "An unfitted estimator whose cache is FeatureCache(directory, share_encoders=True) "
+        "is pickled with its encoder as this file: every process that unpickles it (each "
+        "worker, and dask's scheduler) must read the directory at the same path, and the "
+        "file must stay until they have (FeatureCache.clear() deletes it). Otherwise use "
+        "share_encoders=False, which pickles the encoder with every task."
+    )
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        error = FileNotFoundError if isinstance(exc, FileNotFoundError) else OSError
+        raise error(f"Cannot read the shared encoder file {path} ({exc}). {advice}") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ValueError(
+            f"The shared encoder file {path} does not hold the encoder that was pickled: "
+            f"its SHA-256 is {actual}, the name's is {sha256} (the file was changed or "
+            f"damaged). {advice}"
+        )
+    location = None if torch.cuda.is_available() else "cpu"
+    return torch.load(io.BytesIO(data), map_location=location, weights_only=False)
+
+
+def deepcopy_with_own_encoder(estimator: Estimator, memo: dict[int, Any]) -> Estimator:
+    """``copy.deepcopy(estimator)`` as without sharing: the copy's encoder is a copy.
+
+    A deep copy never leaves the process, so its encoder is copied, not
+    written to the cache directory and shared. Otherwise this is what
+    ``copy.deepcopy`` does through ``__reduce_ex__``: the state from
+    ``__getstate__``, deep-copied, given to ``__setstate__`` of a new object.
+    """
+    previous = getattr(_copying, "active", False)
+    _copying.active = True
+    try:
+        state = estimator.__getstate__()
+    finally:
+        _copying.active = previous
+    new = object.__new__(type(estimator))  # as copyreg.__newobj__ (no __new__ of our own)
+    memo[id(estimator)] = new
+    new.__setstate__(copy.deepcopy(state, memo))
+    return new
