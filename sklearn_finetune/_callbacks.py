@@ -81,7 +81,7 @@ class FiniteLoss(Callback):
     A loss that is NaN or infinite (a learning rate too high, float16
     overflow) makes every later epoch worthless; the estimator then keeps
     the best epoch's weights, if validation found one, or refuses the fit
-    (see ``FoundationEstimator._check_finite_loss``). It runs before
+    (see ``_fit_report.check_finite_loss``). It runs before
     ``Convergence``, so the diverged epoch is never the best one.
 
     Attributes

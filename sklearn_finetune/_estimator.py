@@ -8,15 +8,11 @@ build the head -> train with skorch (:func:`build_net`).
 from __future__ import annotations
 
 import contextlib
-import io
-import threading
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, _fit_context
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -31,6 +27,7 @@ from ._device import (
     torch_threads,
 )
 from ._encoder import clone_sharing, preserved_modes
+from ._fit_report import check_finite_loss, warn_if_interrupted, warn_if_not_converged
 from ._frozen import FrozenEncoding
 from ._heads import AttentionPooling, build_head
 from ._inputs import ModelInput, validate_X
@@ -38,10 +35,10 @@ from ._module import FoundationModule, probe_encoder
 from ._net import FoundationNet, build_net
 from ._optimization import backbone_groups
 from ._parameters import EstimatorParameters
+from ._pickling import TorchPickling
 from ._plan import FitPlan, check_lengths, plan_fit, regime_of
 from ._probe_solver import LinearSolver
 from ._representation import Representation
-from ._shared_encoders import deepcopy_with_own_encoder, with_shared_encoder
 
 #: The attributes every fitted estimator has, filled in for
 #: ``{shared_attributes}`` in the subclasses' docstrings.
@@ -99,14 +96,7 @@ def loader_settings(*, frozen: bool, array_input: bool) -> dict[str, Any]:
     return {}
 
 
-#: The key of a pickled estimator's state: its ``__dict__`` as ``torch.save`` bytes.
-TORCH_STATE = "_torch_state"
-
-#: Whether this thread is inside an estimator's ``torch.save`` of its state.
-_pickling = threading.local()
-
-
-class FoundationEstimator(EstimatorParameters, BaseEstimator):
+class FoundationEstimator(TorchPickling, EstimatorParameters, BaseEstimator):
     """Base class of the estimators: use FoundationClassifier or FoundationRegressor."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -328,7 +318,7 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
             else:
                 module, net = self._fit_module(plan, X)
             module.eval()
-        self._check_finite_loss(net, plan)
+        check_finite_loss(self, net, plan)
         self.module_ = module
         self.net_ = net
         self.encoder_ = module.encoder
@@ -340,95 +330,10 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
         if convergence is not None and plan.validation:
             self.best_epoch_ = convergence.best_epoch_
         self.n_iter_ = net.lbfgs_iterations_ if plan.solver == "lbfgs" else len(net.history)
-        if self._warn_if_interrupted(plan, net, convergence):
+        if warn_if_interrupted(self, plan, net, convergence):
             return self
-        self._warn_if_not_converged(plan, convergence)
+        warn_if_not_converged(self, plan, convergence)
         return self
-
-    def _warn_if_interrupted(self, plan: FitPlan, net: FoundationNet, convergence: Any) -> bool:
-        """Say so when a ``KeyboardInterrupt`` ended mini-batch training, and what was kept.
-
-        skorch ends its loop on a ``KeyboardInterrupt`` (Ctrl-C, a job's
-        signal turned into one, or a callback such as skorch's
-        ``EarlyStopping``) and runs ``on_train_end``, so the estimator is
-        fitted and usable: with validation data it holds the best epoch's
-        weights, otherwise the last epoch's.
-        """
-        stopped_by_us = (convergence is not None and convergence.stopped_early_) or dict(
-            net.callbacks_
-        )["finite_loss"].diverged_ is not None
-        mid_epoch = "train_loss" not in net.history[-1]  # the interrupt came inside a step
-        if stopped_by_us or not (
-            mid_epoch or (plan.solver != "lbfgs" and self.n_iter_ < plan.max_epochs)
-        ):
-            return False
-        if plan.solver == "lbfgs":
-            kept = "the head's weights where L-BFGS stopped (its initial ones if it had not begun)"
-        elif self.best_epoch_ is not None and self.restore_best_weights:
-            kept = f"the weights of epoch {self.best_epoch_}, the best so far"
-        else:
-            kept = "the weights it had when it stopped"
-        warnings.warn(
-            f"Training was interrupted (KeyboardInterrupt) during or after epoch "
-            f"{self.n_iter_} of max_epochs={plan.max_epochs}. The estimator is fitted and "
-            f"holds {kept}; n_iter_ and history_ say where it stopped. Call fit again to "
-            "train from the start.",
-            UserWarning,
-            stacklevel=5,
-        )
-        return True
-
-    def _check_finite_loss(self, net: FoundationNet, plan: FitPlan) -> None:
-        """Refuse a fit whose loss diverged, or warn that the best finite epoch is kept."""
-        diverged = dict(net.callbacks_)["finite_loss"].diverged_
-        if diverged is None:
-            return
-        epoch, column, value = diverged
-        convergence = dict(net.callbacks_).get("convergence")
-        best = None if convergence is None else convergence.best_epoch_
-        hint = (
-            f"Lower lr (now {self.lr}), set max_grad_norm, or use precision='32'."
-            if plan.solver != "lbfgs"
-            else "Scale X (e.g. StandardScaler) or raise weight_decay."
-        )
-        if best is None or not self.restore_best_weights:
-            raise ValueError(
-                f"Training diverged: {column} is {value} at epoch {epoch}, and no earlier "
-                f"epoch's weights were kept. {hint}"
-            )
-        warnings.warn(
-            f"Training diverged: {column} is {value} at epoch {epoch}; training stopped "
-            f"and the weights of epoch {best}, the best before it, are kept. {hint}",
-            RuntimeWarning,
-            stacklevel=5,
-        )
-
-    def _warn_if_not_converged(self, plan: FitPlan, convergence: Any) -> None:
-        """A ``ConvergenceWarning`` when ``max_epochs`` ended training, as scikit-learn's."""
-        if plan.solver == "lbfgs":
-            if self.n_iter_ >= plan.max_epochs:
-                warnings.warn(
-                    f"lbfgs failed to converge within max_epochs={plan.max_epochs} "
-                    f"iterations (largest gradient entry still above tol={self.tol}). "
-                    "Increase max_epochs, or scale the data (e.g. batch_norm=True, which "
-                    "standardises the features as StandardScaler would).",
-                    ConvergenceWarning,
-                    stacklevel=5,
-                )
-            return
-        if plan.n_iter_no_change is None or convergence is None or convergence.stopped_early_:
-            return
-        if convergence.best_epoch_ is None:  # never defined: UndefinedMetricWarning said so
-            return
-        warnings.warn(
-            f"max_epochs={plan.max_epochs} was reached before {convergence.monitor} went "
-            f"n_iter_no_change={plan.n_iter_no_change} epochs in a row without improving by "
-            f"more than tol={self.tol}: the optimization has not converged. Increase "
-            "max_epochs, or set n_iter_no_change=None to train a fixed number of epochs "
-            "without this warning.",
-            ConvergenceWarning,
-            stacklevel=5,
-        )
 
     def _net_predict(self, method: str, X: Any) -> np.ndarray:
         """Validate X and run one of the skorch net's inference methods on it.
@@ -449,56 +354,6 @@ class FoundationEstimator(EstimatorParameters, BaseEstimator):
                     return getattr(self.net_, method)(features)
             with preserved_modes(self.encoder_):
                 return getattr(self.net_, method)(X)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """The state, every tensor in it (the encoder's, the net's) written by ``torch.save``.
-
-        Python's pickle would restore a tensor on the device it was saved
-        from, so an estimator pickled on a CUDA machine could not be
-        unpickled on one without CUDA; ``torch.save`` records where each
-        tensor was, and :meth:`__setstate__` maps them to the CPU there.
-        Inside that ``torch.save`` (the estimator is reached again from its
-        own callbacks) the plain state is pickled: torch's pickler already
-        handles every tensor. ``accelerator`` is pickled as None: it is a
-        handle on the processes of one launch, which another process has not.
-        Unfitted, with a ``FeatureCache(directory, share_encoders=True)`` as
-        ``cache``, the encoder is pickled as a reference to its file there
-        (see :func:`with_shared_encoder`).
-        """
-        state = super().__getstate__()
-        if state.get("accelerator") is not None:  # a handle on this launch's processes only
-            state = {**state, "accelerator": None}
-        if getattr(_pickling, "active", False):
-            return state
-        state = with_shared_encoder(state, fitted="module_" in state)
-        buffer = io.BytesIO()
-        _pickling.active = True
-        try:
-            torch.save(state, buffer)
-        finally:
-            _pickling.active = False
-        return {TORCH_STATE: buffer.getvalue()}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Undo :meth:`__getstate__`: tensors saved on a GPU load on the CPU when it has none."""
-        if TORCH_STATE in state:
-            location = None if torch.cuda.is_available() else "cpu"
-            buffer = io.BytesIO(state[TORCH_STATE])
-            state = torch.load(buffer, map_location=location, weights_only=False)
-        super().__setstate__(state)
-        device = self.__dict__.get("device_")
-        if device is not None and device.type == "cuda" and not torch.cuda.is_available():
-            warnings.warn(
-                f"This estimator was fitted on {device}, which this machine does not have; "
-                "it predicts on the CPU.",
-                UserWarning,
-                stacklevel=2,
-            )
-            self.device_ = torch.device("cpu")
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> FoundationEstimator:
-        """A copy through :meth:`__getstate__`, with its own encoder even if the cache shares it."""
-        return deepcopy_with_own_encoder(self, memo)
 
     def __sklearn_clone__(self) -> FoundationEstimator:
         """An unfitted copy sharing the encoder and cache objects (see :func:`clone_sharing`)."""
