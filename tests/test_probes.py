@@ -172,3 +172,29 @@ def test_online_probe_settings_reach_the_probe(digits):
     scores = net.history[:, "crushed_probe"]
     assert len(scores) == 1 and scores == probe.scores_
     assert scores[0] < 0.5  # an absurd penalty: the weight decay given was used
+
+
+class ItemDataset(torch.utils.data.Dataset):
+    """A torch Dataset of X's rows, one sample per item."""
+
+    def __init__(self, X: np.ndarray) -> None:
+        self.X = X
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.X[index]
+
+
+@pytest.mark.parametrize("probe_score", [linear_probe_score, knn_probe_score])
+def test_probes_split_datasets_by_row_as_they_split_arrays(probe_score, digits):
+    """scikit-learn cannot index a ``datasets.Dataset``: the probes select its rows by number."""
+    datasets = pytest.importorskip("datasets")
+    X, y = digits
+    X, y = X[:300], y[:300]
+    encoder = BatchNormEncoder()
+    on_array = probe_score(encoder, X, y, cv=3)
+    table = datasets.Dataset.from_dict({"pixels": X})
+    np.testing.assert_allclose(probe_score(encoder, table, y, cv=3), on_array)
+    np.testing.assert_allclose(probe_score(encoder, ItemDataset(X), y, cv=3), on_array)
