@@ -78,6 +78,8 @@ def linear_probe_score(
     features. Through the feature cache each sample is encoded once for all
     folds.
 
+    Read more in the :ref:`User Guide <linear-probe-score>`.
+
     Parameters
     ----------
     encoder : torch.nn.Module
@@ -111,8 +113,10 @@ def linear_probe_score(
 
     See Also
     --------
-    knn_probe_score : the k-nearest-neighbour protocol.
-    FoundationEmbedder : the same features for any scikit-learn model.
+    knn_probe_score : The k-nearest-neighbour protocol.
+    OnlineProbe : This probe, every few epochs while an encoder pretrains.
+    FoundationEmbedder : The same features for any scikit-learn model.
+    FoundationClassifier : The estimator each fold fits.
 
     Examples
     --------
@@ -166,6 +170,8 @@ def knn_probe_score(
     representation itself. Continuous y is predicted as the weighted mean
     of the neighbours' targets.
 
+    Read more in the :ref:`User Guide <knn-probe-score>`.
+
     Parameters
     ----------
     encoder : torch.nn.Module
@@ -186,9 +192,11 @@ def knn_probe_score(
 
     See Also
     --------
-    linear_probe_score : the linear-probe protocol.
-    FoundationEmbedder : the same features in a pipeline, e.g. before
+    linear_probe_score : The linear-probe protocol.
+    FoundationEmbedder : The same features in a pipeline, e.g. before
         :class:`~sklearn.neighbors.KNeighborsClassifier`.
+    FeatureCache : Shared with :func:`linear_probe_score` through ``cache``,
+        so each sample is encoded once for both probes.
 
     Examples
     --------
@@ -218,6 +226,8 @@ class OnlineProbe(Callback):
     were), its train/eval flags and batch-norm statistics are restored, and
     torch's and NumPy's random states are left as they were, so a probed run
     trains exactly as an unprobed one.
+
+    Read more in the :ref:`User Guide <online-probe>`.
 
     Parameters
     ----------
@@ -249,8 +259,9 @@ class OnlineProbe(Callback):
 
     See Also
     --------
-    linear_probe_score : the probe each call runs.
-    HistoryDisplay : plot the history, ``online_probe`` column included.
+    linear_probe_score : The probe each call runs.
+    HistoryDisplay : Plot the history, ``online_probe`` column included.
+    load_weights : Load the pretrained weights into a fresh encoder.
 
     Examples
     --------
