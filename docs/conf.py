@@ -69,7 +69,7 @@ if os.environ.get("SPHINX_INTERSPHINX") != "1":
 # time (small, CPU, a minute or two together); the others (all of MR, the UCR
 # datasets) are shown with the output of their last full run, pasted into their
 # docstring with the commit it came from.
-EXECUTED = ("quickstart.py", "regimes.py", "label_efficiency.py")
+EXECUTED = ("quickstart.py", "regimes.py", "label_efficiency.py", "images.py")
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
