@@ -66,10 +66,12 @@ if os.environ.get("SPHINX_INTERSPHINX") != "1":
 
 
 # The gallery: examples/*.py. Those matching filename_pattern run at build
-# time (small, CPU, a minute or two together); the others (all of MR, the UCR
-# datasets) are shown with the output of their last full run, pasted into their
-# docstring with the commit it came from.
-EXECUTED = ("quickstart.py", "regimes.py", "label_efficiency.py")
+# time (small, CPU, a few minutes together on two cores; images.py adds 10-40 s);
+# the others (all of MR; the UCR datasets, whose aeon would downgrade numpy and
+# pandas in the docs environment) are shown with the output of their last full
+# run, pasted into their docstring with the commit it came from, and their
+# figure from docs/_static/.
+EXECUTED = ("quickstart.py", "regimes.py", "label_efficiency.py", "images.py")
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",

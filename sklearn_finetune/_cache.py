@@ -39,7 +39,8 @@ class FeatureCache:
     so clones made by ``GridSearchCV`` or ``cross_val_score``, and folds that
     overlap, find what an earlier fit computed: each unique sample is encoded
     once per encoder. Estimators take a cache through their ``cache``
-    parameter; ``cache=True`` uses :meth:`FeatureCache.default`.
+    parameter; ``cache=True`` uses :meth:`FeatureCache.default`. Read more in
+    the :ref:`User Guide <embed-once>`.
 
     Parameters
     ----------

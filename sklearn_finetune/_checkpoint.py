@@ -117,6 +117,8 @@ def load_weights(
     refused. Everything is checked before any weight is copied, so on error
     the encoder is unchanged.
 
+    Read more in the :ref:`User Guide <checkpoints>`.
+
     Parameters
     ----------
     encoder : torch.nn.Module
@@ -153,9 +155,11 @@ def load_weights(
 
     See Also
     --------
-    load_estimator : load a whole fitted estimator written by
+    load_estimator : Load a whole fitted estimator written by
         :func:`save_estimator`.
-    FoundationClassifier : takes the loaded encoder.
+    FoundationClassifier : Takes the loaded encoder, to probe or fine-tune it.
+    OnlineProbe : Scores an encoder while it pretrains, before its weights
+        are saved.
 
     Examples
     --------

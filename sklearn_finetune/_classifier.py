@@ -74,6 +74,8 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
     ``predict_proba``'s columns follow ``classes_``. A 2-D 0/1 indicator
     matrix y is multilabel classification: one sigmoid output per label.
 
+    Read more in the :ref:`User Guide <regimes>`.
+
     Parameters
     ----------
     {parameters}
@@ -102,7 +104,11 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
 
     See Also
     --------
-    FoundationRegressor : The same for continuous targets.
+    FoundationRegressor : The same estimator for continuous targets.
+    FoundationEmbedder : The frozen encoder's features as a transformer, for
+        any scikit-learn model.
+    linear_probe_score : A linear probe's cross-validated score in one call.
+    HistoryDisplay : Plot ``history_``, with the best epoch marked.
 
     Examples
     --------

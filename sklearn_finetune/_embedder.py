@@ -40,6 +40,8 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     encodes each unique sample once. The encoder is never changed or copied
     (unless it must move to ``device``).
 
+    Read more in the :ref:`User Guide <foundation-embedder>`.
+
     Parameters
     ----------
     {parameters}
@@ -59,8 +61,11 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
 
     See Also
     --------
-    FoundationClassifier : trains a head on the same features (a linear probe).
-    linear_probe_score : the cross-validated linear-probe benchmark in one call.
+    FoundationClassifier : Trains a head on the same features (a linear
+        probe), or fine-tunes the encoder.
+    linear_probe_score : The cross-validated linear-probe benchmark in one call.
+    knn_probe_score : The k-nearest-neighbour probe on the same features.
+    FeatureCache : Keeps the features, so each sample is encoded once.
 
     Examples
     --------

@@ -164,7 +164,7 @@ class EstimatorParameters:
         it: search ``weight_decay`` there). The default and ``batch_size``'s
         were chosen together by ``benchmarks/scratch_sweep.py``: from scratch
         on five scikit-learn datasets they score as 1e-3 and 32 did, in half
-        the time (see docs/benchmarks.md).
+        the time (see :ref:`how they were chosen <lr-batch-size-sweep>`).
         """,
     )
     backbone_lr_mult: float = parameter(
@@ -473,8 +473,8 @@ class EstimatorParameters:
         process. After training the model is unwrapped: the fitted
         estimator predicts in one process, pickles (without the
         accelerator) and saves (:func:`save_estimator` writes on the main
-        process only). Shared, not copied, by ``clone``. See
-        docs/scaling.md.
+        process only). Shared, not copied, by ``clone``. Read more in the
+        :ref:`User Guide <accelerator>`.
         """,
     )
     random_state: int | np.random.RandomState | None = parameter(

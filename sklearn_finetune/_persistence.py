@@ -123,6 +123,8 @@ def save_estimator(estimator: FoundationEstimator, path: str | os.PathLike) -> N
     writes (as ``Accelerator.save``), and the others return at once: call
     ``accelerator.wait_for_everyone()`` before another process reads it.
 
+    Read more in the :ref:`User Guide <saving>`.
+
     Parameters
     ----------
     estimator : FoundationClassifier or FoundationRegressor
@@ -137,6 +139,9 @@ def save_estimator(estimator: FoundationEstimator, path: str | os.PathLike) -> N
     See Also
     --------
     load_estimator : Load what this function saved.
+    load_weights : Load only an encoder's pretrained weights (a state dict,
+        a Lightning checkpoint, a safetensors file).
+    FoundationClassifier : One of the estimators it saves.
 
     Examples
     --------
@@ -310,6 +315,8 @@ def load_estimator(
     keys are named in a ValueError. ``device="auto"`` resolves here; a
     device this machine lacks falls back to the CPU with a warning.
 
+    Read more in the :ref:`User Guide <saving>`.
+
     Parameters
     ----------
     path : str or path-like
@@ -332,6 +339,9 @@ def load_estimator(
     See Also
     --------
     save_estimator : Write the directory this function reads.
+    load_weights : Load only an encoder's pretrained weights (a state dict,
+        a Lightning checkpoint, a safetensors file).
+    FoundationRegressor : One of the estimators it rebuilds.
 
     Examples
     --------

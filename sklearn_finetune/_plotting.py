@@ -28,6 +28,8 @@ class HistoryDisplay:
     whose weights a fit with ``restore_best_weights`` keeps) is marked by a
     vertical line. Needs matplotlib (the ``plot`` extra).
 
+    Read more in the :ref:`User Guide <history-display>`.
+
     Parameters
     ----------
     history : skorch.History
@@ -50,8 +52,9 @@ class HistoryDisplay:
 
     See Also
     --------
-    FoundationClassifier : its ``history_`` and ``best_epoch_``.
-    FoundationRegressor : the same for regression.
+    FoundationClassifier : Its ``history_`` and ``best_epoch_``.
+    FoundationRegressor : The same for regression.
+    OnlineProbe : Adds an ``online_probe`` column to plot as ``score``.
 
     Examples
     --------

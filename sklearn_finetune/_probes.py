@@ -76,60 +76,63 @@ def linear_probe_score(
 ) -> np.ndarray:
     """The linear-probe benchmark: a frozen encoder, a linear head, cross-validated.
 
-        Each fold fits a :class:`FoundationClassifier` (a :class:`FoundationRegressor`
-        when y is continuous by :func:`sklearn.utils.multiclass.type_of_target`:
-        floats that are not all whole numbers) with a frozen backbone and a linear head trained by
-        full-batch L-BFGS on the features standardised by the training fold
-        (``batch_norm=True``: MAE's linear-probe recipe), which is
-        ``StandardScaler`` then ``LogisticRegression`` (or least squares) on the
-        features. Through the feature cache each sample is encoded once for all
-        folds.
+    Each fold fits a :class:`FoundationClassifier` (a :class:`FoundationRegressor`
+    when y is continuous by :func:`sklearn.utils.multiclass.type_of_target`:
+    floats that are not all whole numbers) with a frozen backbone and a linear head trained by
+    full-batch L-BFGS on the features standardised by the training fold
+    (``batch_norm=True``: MAE's linear-probe recipe), which is
+    ``StandardScaler`` then ``LogisticRegression`` (or least squares) on the
+    features. Through the feature cache each sample is encoded once for all
+    folds.
 
-        Parameters
-        ----------
-        encoder : torch.nn.Module
-            The representation to judge; never changed.
-        X, y : array-like, dict
-            Input and labels (or targets), as for the estimators. A dict X (a
-            :class:`Tokenizer`'s output) is split into folds by rows.
-        weight_decay : float or sequence of float, default=(1e-4, 1e-3, 1e-2, 1e-1)
-            The L2 penalty of the linear head (``weight_decay`` of the
-            estimator, see ``solver="lbfgs"``). A sequence is searched inside
-            each outer fold by an inner 3-fold grid search (the CLIP and
-            SentEval protocol); a float fixes it.
-        cv : int, cross-validation generator or iterable, default=5
-            As for :func:`sklearn.model_selection.cross_val_score` (stratified
-            folds for classification).
-        scoring : str, callable or None, default=None
-            As for ``cross_val_score``; None is accuracy (R² for regression).
-        n_jobs : int or None, default=None
-            Folds fitted in parallel.
-        **params
-            Estimator parameters that override the probe's defaults
-            (``solver="lbfgs"``, ``batch_norm=True``, ``val_split=0``), such as
-            ``output_key``, ``pooling``, ``cache``, ``device`` or
-            ``random_state``. The backbone is always
-            frozen and the head always linear.
+    Read more in the :ref:`User Guide <linear-probe-score>`.
 
-        Returns
-        -------
-        ndarray of shape (n_splits,)
-            One score per fold, as ``cross_val_score`` returns.
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The representation to judge; never changed.
+    X, y : array-like, dict
+        Input and labels (or targets), as for the estimators. A dict X (a
+        :class:`Tokenizer`'s output) is split into folds by rows.
+    weight_decay : float or sequence of float, default=(1e-4, 1e-3, 1e-2, 1e-1)
+        The L2 penalty of the linear head (``weight_decay`` of the
+        estimator, see ``solver="lbfgs"``). A sequence is searched inside
+        each outer fold by an inner 3-fold grid search (the CLIP and
+        SentEval protocol); a float fixes it.
+    cv : int, cross-validation generator or iterable, default=5
+        As for :func:`sklearn.model_selection.cross_val_score` (stratified
+        folds for classification).
+    scoring : str, callable or None, default=None
+        As for ``cross_val_score``; None is accuracy (R² for regression).
+    n_jobs : int or None, default=None
+        Folds fitted in parallel.
+    **params
+        Estimator parameters that override the probe's defaults
+        (``solver="lbfgs"``, ``batch_norm=True``, ``val_split=0``), such as
+        ``output_key``, ``pooling``, ``cache``, ``device`` or
+        ``random_state``. The backbone is always
+        frozen and the head always linear.
 
-        See Also
-        --------
-        knn_probe_score : the k-nearest-neighbour protocol.
-        FoundationEmbedder : the same features for any scikit-learn model.
+    Returns
+    -------
+    ndarray of shape (n_splits,)
+        One score per fold, as ``cross_val_score`` returns.
 
-        Examples
-        --------
-        >>> import numpy as np
-    import torch
-        >>> from torch import nn
-        >>> from sklearn_finetune import linear_probe_score
-        >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
-        >>> linear_probe_score(nn.Linear(8, 16), X, y, cv=3, weight_decay=1e-2).shape
-        (3,)
+    See Also
+    --------
+    knn_probe_score : The k-nearest-neighbour protocol.
+    OnlineProbe : This probe, every few epochs while an encoder pretrains.
+    FoundationEmbedder : The same features for any scikit-learn model.
+    FoundationClassifier : The estimator each fold fits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn_finetune import linear_probe_score
+    >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
+    >>> linear_probe_score(nn.Linear(8, 16), X, y, cv=3, weight_decay=1e-2).shape
+    (3,)
     """
     fixed = {"freeze_backbone", "head", "unfreeze_at"} & set(params)
     if fixed:
@@ -167,46 +170,49 @@ def knn_probe_score(
 ) -> np.ndarray:
     """The k-nearest-neighbour probe of a representation, cross-validated.
 
-        The protocol of DINO and most self-supervised papers beside the linear
-        probe: each test sample takes the ``n_neighbors`` training samples
-        nearest in cosine similarity, which vote with weight ``exp(similarity /
-        0.07)``. Nothing is trained, so it judges the geometry of the
-        representation itself. Continuous y is predicted as the weighted mean
-        of the neighbours' targets.
+    The protocol of DINO and most self-supervised papers beside the linear
+    probe: each test sample takes the ``n_neighbors`` training samples
+    nearest in cosine similarity, which vote with weight ``exp(similarity /
+    0.07)``. Nothing is trained, so it judges the geometry of the
+    representation itself. Continuous y is predicted as the weighted mean
+    of the neighbours' targets.
 
-        Parameters
-        ----------
-        encoder : torch.nn.Module
-            The representation to judge; never changed.
-        X, y : array-like, dict
-            Input and labels (or targets).
-        n_neighbors : int, default=20
-            Neighbours per vote (DINO uses 20).
-        cv, scoring, n_jobs
-            As for :func:`linear_probe_score`.
-        **embedder_params
-            Parameters of :class:`FoundationEmbedder` (``output_key``,
-            ``pooling``, ``batch_size``, ``cache``, ``device``...).
+    Read more in the :ref:`User Guide <knn-probe-score>`.
 
-        Returns
-        -------
-        ndarray of shape (n_splits,)
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        The representation to judge; never changed.
+    X, y : array-like, dict
+        Input and labels (or targets).
+    n_neighbors : int, default=20
+        Neighbours per vote (DINO uses 20).
+    cv, scoring, n_jobs
+        As for :func:`linear_probe_score`.
+    **embedder_params
+        Parameters of :class:`FoundationEmbedder` (``output_key``,
+        ``pooling``, ``batch_size``, ``cache``, ``device``...).
 
-        See Also
-        --------
-        linear_probe_score : the linear-probe protocol.
-        FoundationEmbedder : the same features in a pipeline, e.g. before
-            :class:`~sklearn.neighbors.KNeighborsClassifier`.
+    Returns
+    -------
+    ndarray of shape (n_splits,)
 
-        Examples
-        --------
-        >>> import numpy as np
-    import torch
-        >>> from torch import nn
-        >>> from sklearn_finetune import knn_probe_score
-        >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
-        >>> knn_probe_score(nn.Linear(8, 16), X, y, n_neighbors=5, cv=3).shape
-        (3,)
+    See Also
+    --------
+    linear_probe_score : The linear-probe protocol.
+    FoundationEmbedder : The same features in a pipeline, e.g. before
+        :class:`~sklearn.neighbors.KNeighborsClassifier`.
+    FeatureCache : Shared with :func:`linear_probe_score` through ``cache``,
+        so each sample is encoded once for both probes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn_finetune import knn_probe_score
+    >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
+    >>> knn_probe_score(nn.Linear(8, 16), X, y, n_neighbors=5, cv=3).shape
+    (3,)
     """
     neighbours = KNeighborsRegressor if _is_regression(y) else KNeighborsClassifier
     pipeline = make_pipeline(
@@ -219,61 +225,63 @@ def knn_probe_score(
 class OnlineProbe(Callback):
     """Score an encoder by a linear probe while it pretrains, without touching its training.
 
-        As a skorch callback, it scores the net's encoder every ``every`` epochs
-        and records the mean score in the net's history under ``name``. From any
-        other training loop (Lightning, plain PyTorch) call it:
-        ``score = probe(encoder)``. Either way the encoder runs in eval and
-        inference mode: no gradient reaches it (its ``.grad`` are as they
-        were), its train/eval flags and batch-norm statistics are restored, and
-        torch's and NumPy's random states are left as they were, so a probed run
-        trains exactly as an unprobed one.
+    As a skorch callback, it scores the net's encoder every ``every`` epochs
+    and records the mean score in the net's history under ``name``. From any
+    other training loop (Lightning, plain PyTorch) call it:
+    ``score = probe(encoder)``. Either way the encoder runs in eval and
+    inference mode: no gradient reaches it (its ``.grad`` are as they
+    were), its train/eval flags and batch-norm statistics are restored, and
+    torch's and NumPy's random states are left as they were, so a probed run
+    trains exactly as an unprobed one.
 
-        Parameters
-        ----------
-        X, y : array-like, dict
-            The labelled set.
-        every : int, default=1
-            Score after every ``every``-th epoch (skorch).
-        encoder : str or callable or None, default=None
-            Where the encoder is in a skorch net: None is ``net.module_``, a
-            dotted name an attribute path under it (``"backbone"``), a callable
-            ``encoder(net)`` returns it.
-        cv : int or cross-validation generator, default=3
-            The probe's cross-validation (see :func:`linear_probe_score`).
-        scoring : str, callable or None, default=None
-            As for ``cross_val_score``; None is accuracy (R² for regression).
-        name : str, default="online_probe"
-            The history key.
-        probe_params : dict or None, default=None
-            More parameters of :func:`linear_probe_score` (``output_key``,
-            ``pooling``, ``weight_decay``...). By default the probe runs on the
-            encoder's own device with ``random_state=0`` and ``weight_decay=1e-2``
-            (not searched: the trend over epochs is what it is for), and keeps
-            no features between calls.
+    Read more in the :ref:`User Guide <online-probe>`.
 
-        Attributes
-        ----------
-        scores_ : list of float
-            Every score computed, in order.
+    Parameters
+    ----------
+    X, y : array-like, dict
+        The labelled set.
+    every : int, default=1
+        Score after every ``every``-th epoch (skorch).
+    encoder : str or callable or None, default=None
+        Where the encoder is in a skorch net: None is ``net.module_``, a
+        dotted name an attribute path under it (``"backbone"``), a callable
+        ``encoder(net)`` returns it.
+    cv : int or cross-validation generator, default=3
+        The probe's cross-validation (see :func:`linear_probe_score`).
+    scoring : str, callable or None, default=None
+        As for ``cross_val_score``; None is accuracy (R² for regression).
+    name : str, default="online_probe"
+        The history key.
+    probe_params : dict or None, default=None
+        More parameters of :func:`linear_probe_score` (``output_key``,
+        ``pooling``, ``weight_decay``...). By default the probe runs on the
+        encoder's own device with ``random_state=0`` and ``weight_decay=1e-2``
+        (not searched: the trend over epochs is what it is for), and keeps
+        no features between calls.
 
-        See Also
-        --------
-        linear_probe_score : the probe each call runs.
-        HistoryDisplay : plot the history, ``online_probe`` column included.
+    Attributes
+    ----------
+    scores_ : list of float
+        Every score computed, in order.
 
-        Examples
-        --------
-        >>> import numpy as np
-    import torch
-        >>> from torch import nn
-        >>> from sklearn_finetune import OnlineProbe
-        >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
-        >>> probe = OnlineProbe(X, y, cv=2)
-        >>> encoder = nn.Linear(8, 16)
-        >>> for epoch in range(2):  # your pretraining loop
-        ...     score = probe(encoder)
-        >>> len(probe.scores_)
-        2
+    See Also
+    --------
+    linear_probe_score : The probe each call runs.
+    HistoryDisplay : Plot the history, ``online_probe`` column included.
+    load_weights : Load the pretrained weights into a fresh encoder.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn_finetune import OnlineProbe
+    >>> X, y = np.random.default_rng(0).normal(size=(60, 8)), np.arange(60) % 2
+    >>> probe = OnlineProbe(X, y, cv=2)
+    >>> encoder = nn.Linear(8, 16)
+    >>> for epoch in range(2):  # your pretraining loop
+    ...     score = probe(encoder)
+    >>> len(probe.scores_)
+    2
     """
 
     def __init__(

@@ -29,6 +29,8 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
     (each to mean 0, standard deviation 1) and ``predict`` returns them on
     their original scale.
 
+    Read more in the :ref:`User Guide <regimes>`.
+
     Parameters
     ----------
     {parameters}
@@ -53,7 +55,11 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
 
     See Also
     --------
-    FoundationClassifier : The same for class labels.
+    FoundationClassifier : The same estimator for class labels.
+    FoundationEmbedder : The frozen encoder's features as a transformer, e.g.
+        before :class:`~sklearn.linear_model.Ridge`.
+    HistoryDisplay : Plot ``history_``, with the best epoch marked.
+    save_estimator : Save the fitted estimator as safetensors and JSON.
 
     Examples
     --------

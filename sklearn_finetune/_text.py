@@ -50,6 +50,8 @@ class Tokenizer(TransformerMixin, BaseEstimator):
     it again in every fold and candidate. The estimator's pooling uses
     ``attention_mask`` to ignore the padding.
 
+    Read more in the :ref:`User Guide <tokenizer>`.
+
     Parameters
     ----------
     tokenizer : str, path-like or tokenizer
@@ -70,9 +72,10 @@ class Tokenizer(TransformerMixin, BaseEstimator):
 
     See Also
     --------
-    FoundationClassifier : the next step of a text pipeline; its ``pooling``
+    FoundationClassifier : The next step of a text pipeline; its ``pooling``
         reads ``attention_mask``.
-    FoundationEmbedder : the sentence embeddings as features.
+    FoundationEmbedder : The sentence embeddings as features.
+    linear_probe_score : Takes the tokenizer's output (a dict of arrays) as X.
 
     Examples
     --------
