@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from defaults import BusyNeighbours, cpu_name, git_commit
+from defaults import BusyNeighbours, cpu_name, git_commit, make_cnn
 
 from sklearn_finetune._encoder import mlp_backbone
 
@@ -40,20 +40,6 @@ from sklearn_finetune._encoder import mlp_backbone
 def mlp(width: int, n_features: int = 64) -> nn.Module:
     return nn.Sequential(
         nn.Linear(n_features, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
-    )
-
-
-def cnn() -> nn.Module:
-    """The small CNN of ``examples/quickstart.py`` on 8x8 digits, mean-pooled."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
     )
 
 
@@ -88,7 +74,10 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[int], torch.Tensor]]] 
     ),
     "MLP 64-512-512": (lambda: mlp(512), lambda n: torch.randn(n, 64)),
     "MLP 784-2048-2048": (lambda: mlp(2048, 784), lambda n: torch.randn(n, 784)),
-    "quickstart CNN, 8x8 digits": (cnn, lambda n: torch.randn(n, 1, 8, 8)),
+    "quickstart CNN, 8x8 digits": (
+        lambda: nn.Sequential(make_cnn(), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        lambda n: torch.randn(n, 1, 8, 8),
+    ),
     "BERT 128 x 2 layers, 64 tokens": (
         lambda: bert(128, 2, 2),
         lambda n: torch.randint(0, 30522, (n, 64)),

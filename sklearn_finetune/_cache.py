@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
 import os
 import threading
-import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -25,6 +22,7 @@ from ._cache_files import (
     encoding_lock,
     read_block,
     signature,
+    write_content_addressed,
 )
 
 #: Default bound on the bytes of features held in memory: 1 GiB.
@@ -383,20 +381,9 @@ class FeatureCache:
         np.save(buffer, np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1))
         np.save(buffer, features, allow_pickle=False)
         data = buffer.getvalue()
-        folder = directory / key
-        file = folder / f"{hashlib.sha256(data).hexdigest()}{SUFFIX}"
-        temporary = folder / f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if not file.is_file():  # an existing file has this very content: keep it
-                with open(temporary, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, file)
+            file = write_content_addressed(data, directory / key, SUFFIX)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             with self._lock:
                 first, self._unwritable = not self._unwritable, True
             if first:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import re
 import stat
 import threading
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +96,40 @@ def _os_lock(path: Path) -> FileLock:
 
 #: The key folders whose lock this thread holds.
 _held_folders = threading.local()
+
+
+def write_content_addressed(data: bytes, folder: Path, suffix: str) -> Path:
+    """Write ``data`` to ``folder/<its SHA-256><suffix>`` atomically, unless that file exists.
+
+    The bytes go to a temporary file beside it, synced, then renamed into
+    place, so that no reader (another worker) sees a partial file. A write
+    that fails leaves no temporary file behind and raises its ``OSError``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from sklearn_finetune._cache_files import write_content_addressed
+    >>> file = write_content_addressed(b"abc", Path(tempfile.mkdtemp()), ".bin")
+    >>> file.name[:16], file.read_bytes()
+    ('ba7816bf8f01cfea', b'abc')
+    """
+    file = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
+    if file.is_file():  # an existing file has this very content: keep it
+        return file
+    temporary = folder / f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, file)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
+    return file
 
 
 def signature(file: Path) -> tuple[int, int, int]:

@@ -14,13 +14,10 @@ is given).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import io
-import os
 import threading
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +27,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from ._cache import FeatureCache
-from ._cache_files import ENCODER_FOLDER, ENCODER_SUFFIX
+from ._cache_files import ENCODER_FOLDER, ENCODER_SUFFIX, write_content_addressed
 
 #: The encoders this process loaded from their files, by SHA-256: one per
 #: encoder a search shares, kept for the life of the process (a worker's
@@ -110,28 +107,18 @@ def _written(encoder: nn.Module, directory: Path) -> EncoderFile | None:
     buffer = io.BytesIO()
     torch.save(encoder, buffer)
     data = buffer.getvalue()
-    sha256 = hashlib.sha256(data).hexdigest()
     folder = directory / ENCODER_FOLDER
-    file = folder / f"{sha256}{ENCODER_SUFFIX}"
-    temporary = folder / f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        if not file.is_file():  # an existing file has this very content: keep it
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, file)
+        file = write_content_addressed(data, folder, ENCODER_SUFFIX)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
         warnings.warn(
-            f"Could not write the encoder to {file} ({exc}); the estimator is pickled with "
+            f"Could not write the encoder to {folder} ({exc}); the estimator is pickled with "
             f"its encoder, as with share_encoders=False.",
             RuntimeWarning,
             stacklevel=4,  # _written, with_shared_encoder, __getstate__, the pickler
         )
         return None
+    sha256 = file.name.removesuffix(ENCODER_SUFFIX)
     return EncoderFile(str(file), sha256)
 
 

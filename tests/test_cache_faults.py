@@ -33,7 +33,7 @@ from filelock import FileLock
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from sklearn_finetune import FeatureCache, FoundationClassifier, _cache
+from sklearn_finetune import FeatureCache, FoundationClassifier, _cache, _cache_files
 from sklearn_finetune._cache_files import LOCK_NAME
 
 WIDTH = 16
@@ -139,7 +139,7 @@ class HalfWrittenFile(io.FileIO):
 
 
 def full_while_writing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_cache, "open", HalfWrittenFile, raising=False)
+    monkeypatch.setattr(_cache_files, "open", HalfWrittenFile, raising=False)
 
 
 def full_at_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
