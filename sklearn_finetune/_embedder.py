@@ -25,7 +25,7 @@ from ._frozen import FrozenEncoding
 from ._inputs import validate_X
 from ._parameters import CacheSetting, EstimatorParameters
 from ._representation import POOLINGS, Pooling, Representation
-from ._shared_encoders import deepcopy_with_own_encoder, with_shared_encoder
+from ._shared_encoders import check_readable, deepcopy_with_own_encoder, with_shared_encoder
 
 
 @declared
@@ -190,6 +190,11 @@ class FoundationEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     def __deepcopy__(self, memo: dict[int, Any]) -> FoundationEmbedder:
         """A copy through :meth:`__getstate__`, with its own encoder even if the cache shares it."""
         return deepcopy_with_own_encoder(self, memo)
+
+    def _validate_params(self) -> None:
+        """Raise first the error of a shared encoder this process could not load."""
+        check_readable(self.encoder)
+        super()._validate_params()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ._shared_encoders import deepcopy_with_own_encoder, with_shared_encoder
+from ._shared_encoders import check_readable, deepcopy_with_own_encoder, with_shared_encoder
 
 #: The key of a pickled estimator's state: its ``__dict__`` as ``torch.save`` bytes.
 TORCH_STATE = "_torch_state"
@@ -20,6 +20,12 @@ _pickling = threading.local()
 
 class TorchPickling:
     """Mixin of the estimators: ``__getstate__``, ``__setstate__`` and ``__deepcopy__``."""
+
+    def _validate_params(self) -> None:
+        """Raise first the error of a shared encoder this process could not load (see
+        ``_shared_encoders.UnreadableEncoder``), then validate as scikit-learn does."""
+        check_readable(self.__dict__.get("encoder"))
+        super()._validate_params()  # type: ignore[misc]  # BaseEstimator's
 
     def __getstate__(self) -> dict[str, Any]:
         """The state, every tensor in it (the encoder's, the net's) written by ``torch.save``.

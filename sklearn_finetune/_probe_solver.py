@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 #: ``solve(head, features, target, weight)``: fits ``head`` in place and
@@ -31,7 +32,10 @@ class LogisticRegressionSolver:
     ``C = 2 / (penalty * n)``. scikit-learn's L-BFGS (scipy's, with its
     ``tol`` and ``max_iter``) is the reference a linear probe is compared
     with, and on CPU it is several times faster than ``torch.optim.LBFGS``
-    on a problem this small.
+    on a problem this small. It runs on one BLAS thread, as the head's
+    other steps run on one torch thread: the same scores whatever the
+    threads of the process (a dask worker runs one), and no waiting for
+    descheduled threads on a busy machine.
 
     Calling it, ``solve(head, features, target, weight)``, sets the
     ``nn.Linear`` head's weight, shape (n_classes, n_features), and bias
@@ -77,8 +81,8 @@ class LogisticRegressionSolver:
         scale = 2.0 if n_classes == 2 else 1.0
         C = scale / (self.penalty * len(y))
         model = LogisticRegression(C=C, tol=self.tol, max_iter=self.max_iter)
-        with warnings.catch_warnings():  # the estimator warns with its own parameter names
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with warnings.catch_warnings(), threadpool_limits(1):
+            warnings.simplefilter("ignore", ConvergenceWarning)  # the estimator warns, in its terms
             model.fit(features.cpu().numpy(), y, sample_weight=weight.cpu().numpy())
         coef, intercept = model.coef_, model.intercept_
         if n_classes == 2:
@@ -130,9 +134,10 @@ class RidgeSolver:
     ) -> int:
         y = target.cpu().double().numpy().reshape(len(target), -1)
         alpha = self.penalty * len(y) * y.shape[1] / 2
-        model = Ridge(alpha=alpha).fit(
-            features.cpu().double().numpy(), y, sample_weight=weight.cpu().double().numpy()
-        )
+        with threadpool_limits(1):
+            model = Ridge(alpha=alpha).fit(
+                features.cpu().double().numpy(), y, sample_weight=weight.cpu().double().numpy()
+            )
         with torch.no_grad():
             head.weight.copy_(torch.as_tensor(model.coef_.reshape(head.weight.shape)))
             head.bias.copy_(torch.as_tensor(np.ravel(model.intercept_)))

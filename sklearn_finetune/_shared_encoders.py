@@ -19,6 +19,7 @@ import hashlib
 import io
 import threading
 import warnings
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from ._cache import FeatureCache
 from ._cache_files import ENCODER_FOLDER, ENCODER_SUFFIX, write_content_addressed
+from ._fingerprint import _plain_attributes
 
 #: The encoders this process loaded from their files, by SHA-256: one per
 #: encoder a search shares, kept for the life of the process (a worker's
@@ -39,6 +41,10 @@ _loading = threading.Lock()
 _copying = threading.local()
 
 Estimator = TypeVar("Estimator", bound=BaseEstimator)
+
+
+#: What each loaded encoder was when loaded (see :func:`_state_signature`).
+_SIGNATURES: dict[str, tuple] = {}
 
 
 class EncoderFile:
@@ -97,8 +103,8 @@ def _loaded_reference(encoder: nn.Module, directory: Path) -> EncoderFile | None
     """
     with _loading:
         sha256 = next((sha for sha, module in LOADED.items() if module is encoder), None)
-    if sha256 is None:
-        return None
+        if sha256 is None or _SIGNATURES.get(sha256) != _state_signature(encoder):
+            return None  # not loaded here, or changed in place since: hashed and written anew
     return EncoderFile(str(directory / ENCODER_FOLDER / f"{sha256}{ENCODER_SUFFIX}"), sha256)
 
 
@@ -122,7 +128,7 @@ def _written(encoder: nn.Module, directory: Path) -> EncoderFile | None:
     return EncoderFile(str(file), sha256)
 
 
-def load_shared_encoder(path: str, sha256: str) -> nn.Module:
+def load_shared_encoder(path: str, sha256: str) -> nn.Module | UnreadableEncoder:
     """The encoder in ``path``: loaded and checked by the first caller in this process, then kept.
 
     Parameters
@@ -134,20 +140,71 @@ def load_shared_encoder(path: str, sha256: str) -> nn.Module:
 
     Returns
     -------
-    torch.nn.Module
-        The same object for every call with ``sha256`` in this process.
+    torch.nn.Module or UnreadableEncoder
+        The same module for every call with ``sha256`` in this process
+        (loaded again if someone changed it in place since); an
+        :class:`UnreadableEncoder` holding the error (``FileNotFoundError``
+        or ``OSError``: the file cannot be read here; ``ValueError``: its
+        SHA-256 is not the one written) if it cannot be loaded, which a fit
+        raises.
+    """
+    with _loading:  # the other threads of this process wait, then share the one load
+        kept = LOADED.get(sha256)
+        if kept is None or _SIGNATURES[sha256] != _state_signature(kept):  # changed in place
+            try:
+                module = _load(path, sha256)
+            except (OSError, ValueError) as error:
+                return UnreadableEncoder(path, sha256, error)
+            LOADED[sha256], _SIGNATURES[sha256] = module, _state_signature(module)
+        return LOADED[sha256]
+
+
+def _state_signature(module: nn.Module) -> tuple:
+    """What an in-place change alters, without hashing weights: tensors' identities and versions.
+
+    Every in-place write to a tensor (an optimizer step, ``copy_``,
+    ``load_state_dict``) bumps its version counter; a replaced tensor or
+    module changes the identities; plain hyperparameters are compared by value.
+    """
+    tensors = chain(module.named_parameters(), module.named_buffers())
+    return (
+        tuple((name, id(tensor), tensor._version) for name, tensor in tensors),
+        tuple(
+            (name, attribute, repr(value))
+            for name, child in module.named_modules()
+            for attribute, value in _plain_attributes(child)
+        ),
+    )
+
+
+class UnreadableEncoder:
+    """What an :class:`EncoderFile` unpickles to where its file cannot be read or is damaged.
+
+    Unpickling does not fail (dask's scheduler, or a pickled search, may
+    never need the encoder); a fit raises the error (:func:`check_readable`),
+    and pickled again it is the same reference, which another process may read.
+    """
+
+    def __init__(self, path: str, sha256: str, error: Exception) -> None:
+        self.path, self.sha256, self.error = path, sha256, error
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return load_shared_encoder, (self.path, self.sha256)
+
+    def __repr__(self) -> str:
+        return f"UnreadableEncoder({self.path!r})"
+
+
+def check_readable(encoder: Any) -> None:
+    """Raise the error of an encoder whose shared file could not be loaded in this process.
 
     Raises
     ------
-    FileNotFoundError or OSError
-        If the file cannot be read here.
-    ValueError
-        If its content is not what was written (its SHA-256 differs).
+    FileNotFoundError, OSError or ValueError
+        The error loading the file met (see :func:`load_shared_encoder`).
     """
-    with _loading:  # the other threads of this process wait, then share the one load
-        if sha256 not in LOADED:
-            LOADED[sha256] = _load(path, sha256)
-        return LOADED[sha256]
+    if isinstance(encoder, UnreadableEncoder):
+        raise type(encoder.error)(str(encoder.error)) from encoder.error
 
 
 def _load(path: str, sha256: str) -> nn.Module:

@@ -102,20 +102,39 @@ def test_a_loaded_encoder_is_pickled_again_as_its_reference_without_writing(tmp_
     assert pickle.loads(again).encoder is loaded.encoder
 
 
-def test_a_missing_or_changed_encoder_file_is_an_error_naming_it(tmp_path):
+def test_a_missing_or_changed_encoder_file_is_an_error_of_fit_naming_it(tmp_path, digits):
+    """Unpickling never fails (dask's scheduler need not read the directory): fit raises."""
+    X, y = digits
     cache = FeatureCache(tmp_path, share_encoders=True)
     task = pickle.dumps(FoundationClassifier(encoder(8, seed=1), cache=cache))
     [file] = encoder_files(tmp_path)
     content = file.read_bytes()
     file.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
     with pytest.raises(ValueError, match=rf"{file}.*does not hold the encoder that was pickled"):
-        pickle.loads(task)
+        pickle.loads(task).fit(X, y)
     file.unlink()
+    unread = pickle.loads(task)
     with pytest.raises(FileNotFoundError, match=rf"{file}.*share_encoders=False"):
-        pickle.loads(task)
+        unread.fit(X, y)
     assert file.stem not in LOADED
-    file.write_bytes(content)
-    assert isinstance(pickle.loads(task).encoder, nn.Sequential)
+    resent = pickle.dumps(unread)  # as the scheduler sends it on: the same reference
+    file.write_bytes(content)  # where the next process can read it
+    assert isinstance(pickle.loads(resent).encoder, nn.Sequential)
+    assert len(resent) < 8_000
+
+
+def test_an_encoder_changed_in_place_after_loading_is_written_again(tmp_path):
+    cache = FeatureCache(tmp_path, share_encoders=True)
+    task = pickle.dumps(FoundationClassifier(encoder(8, seed=2), cache=cache))
+    loaded = pickle.loads(task)
+    with torch.no_grad():
+        for parameter in loaded.encoder.parameters():
+            parameter.zero_()
+    changed = pickle.loads(pickle.dumps(clone(loaded)))
+    assert len(encoder_files(tmp_path)) == 2  # the changed weights have a file of their own
+    assert all((p == 0).all() for p in changed.encoder.parameters())
+    original = pickle.loads(task)  # the first file again, not the module changed since
+    assert_same_state(state_of(encoder(8, seed=2)), original.encoder)
 
 
 def test_a_fitted_estimator_pickles_its_encoder_and_loads_elsewhere_without_the_file(

@@ -93,3 +93,21 @@ def test_a_large_frozen_encoder_encodes_on_torchs_threads(two_threads):
     encoder = large_encoder(32)
     FoundationClassifier(encoder, inference_batch_size=32, cache=False).fit(X, y)
     assert {threads for _, rows, threads in encoder.seen if rows == 32} == {2}
+
+
+def test_the_probes_scores_do_not_depend_on_the_processs_blas_threads():
+    """A dask worker runs one BLAS thread: the L-BFGS probe scores as in a process with more."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import cross_val_score
+    from threadpoolctl import threadpool_limits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(64, 128), nn.ReLU())
+    probe = FoundationClassifier(encoder, weight_decay=1e-4, random_state=0)  # many iterations
+    with threadpool_limits(2):
+        many = cross_val_score(probe, X, y, cv=3)
+    with threadpool_limits(1):
+        one = cross_val_score(probe, X, y, cv=3)
+    np.testing.assert_array_equal(many, one)
