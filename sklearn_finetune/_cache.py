@@ -430,6 +430,11 @@ def feature_cache(setting: bool | str | os.PathLike | FeatureCache) -> FeatureCa
 
 
 def _checked_directory(directory: str | os.PathLike) -> Path:
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"The feature cache directory must be a str or path-like; got "
+            f"{type(directory).__name__} {directory!r}."
+        )
     if not os.fspath(directory) or os.path.isfile(directory):
         raise ValueError(
             f"The feature cache directory must be a directory path; got {os.fspath(directory)!r}."

@@ -183,6 +183,27 @@ def counted_flops() -> Iterator[FlopCounterMode]:
         yield counter
 
 
+def forward_flops(counter: FlopCounterMode, module: torch.nn.Module, rows: int) -> int:
+    """The FLOPs ``counter`` counted for ``rows`` samples of ``module``: at least 2 per parameter.
+
+    ``FlopCounterMode`` counts matrix products, convolutions and attention,
+    but not every operation (a recurrent layer, ``aten::lstm``, counts 0): a
+    forward pass costs at least one multiply-add per parameter and sample.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_finetune._device import counted_flops, forward_flops
+    >>> lstm = torch.nn.LSTM(4, 8, batch_first=True)
+    >>> with counted_flops() as counter:
+    ...     _ = lstm(torch.ones(2, 5, 4))
+    >>> counter.get_total_flops(), forward_flops(counter, lstm, rows=2)
+    (0, 1792)
+    """
+    parameters = sum(parameter.numel() for parameter in module.parameters())
+    return max(counter.get_total_flops(), 2 * parameters * rows)
+
+
 def batch_threads(
     flops_per_batch: float, device: torch.device
 ) -> contextlib.AbstractContextManager:

@@ -311,7 +311,7 @@ class FoundationEstimator(TorchPickling, EstimatorParameters, BaseEstimator):
             contextlib.nullcontext() if self.encoder is None else preserved_modes(self.encoder)
         )
         rng_devices = [device.index] if device.type == "cuda" else []
-        with forked_random_state(rng_devices), user_encoder:
+        with forked_random_state(rng_devices), user_encoder, torch.enable_grad():
             plan = plan_fit(self, X, y, sample_weight, device)
             if plan.regime == "frozen":
                 module, net = self._fit_head_on_features(plan, X)

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._cache import FeatureCache
-from ._device import autocast, batch_threads, counted_flops
+from ._device import autocast, batch_threads, counted_flops, forward_flops
 from ._encoder import prepare_encoder, preserved_modes
 from ._fingerprint import encoder_fingerprint, row_digests
 from ._inputs import ModelInput, n_samples
@@ -78,7 +78,8 @@ def encode(
                 output = call_encoder(encoder, batch)
             features = representation(output, attention_mask(batch))
             if counter is not None:  # the first batch's FLOPs choose the threads of the others
-                threads.enter_context(batch_threads(counter.get_total_flops(), device))
+                flops = forward_flops(counter, encoder, rows=len(features))
+                threads.enter_context(batch_threads(flops, device))
             batch_rows = (
                 np.arange(start, start + len(features))
                 if rows is None

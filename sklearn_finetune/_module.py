@@ -11,7 +11,7 @@ import torch
 from skorch.utils import multi_indexing, to_tensor
 from torch import nn
 
-from ._device import counted_flops
+from ._device import counted_flops, forward_flops
 from ._encoder import preserved_modes
 from ._representation import Representation
 
@@ -112,8 +112,9 @@ def probe_encoder(
             output = call_encoder(encoder, batch)
         features = representation(output, attention_mask(batch))
     check_finite_output(features, encoder, "at the width probe", rows=range(len(features)))
+    rows = max(len(features), 1)
     return EncoderProbe(
-        representation.width(features), counter.get_total_flops() / max(len(features), 1)
+        representation.width(features), forward_flops(counter, encoder, rows) / rows
     )
 
 

@@ -11,7 +11,7 @@ from skorch.utils import TeeGenerator, to_device, to_tensor
 from torch import nn
 
 from ._callbacks import estimator_callbacks
-from ._device import autocast, batch_threads, counted_flops
+from ._device import autocast, batch_threads, counted_flops, forward_flops
 from ._module import FoundationModule, check_finite_output
 from ._optimization import solver_settings, steps_per_epoch
 from ._probe_solver import LinearSolver
@@ -127,7 +127,8 @@ class FoundationNet(NeuralNet):
             first = next(outputs, None)
         if first is None:
             return
-        with batch_threads(counter.get_total_flops(), torch.device(self.device)):
+        flops = forward_flops(counter, self.module_, rows=len(first))
+        with batch_threads(flops, torch.device(self.device)):
             yield first
             yield from outputs
 

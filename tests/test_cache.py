@@ -337,3 +337,8 @@ def test_files_unrelated_to_the_cache_are_left_alone(tmp_path: Path):
     cache.fetch("key", [b"b" * 16], lambda positions: np.zeros((len(positions), 2)))
     cache.clear()
     assert other.read_text() == "mine" and not list(tmp_path.glob("*/*.features"))
+
+
+def test_a_directory_that_is_not_a_path_is_a_type_error():
+    with pytest.raises(TypeError, match="directory must be a str or path-like; got int 123"):
+        FeatureCache(123)

@@ -227,3 +227,16 @@ def test_lbfgs_cannot_fine_tune(digits):
     with pytest.raises(ValueError, match=r"solver='lbfgs'.*frozen backbone"):
         clf.fit(X, y)
     assert encoder.samples_seen == 0
+
+
+def test_fine_tuning_inside_torch_no_grad_still_trains():
+    """A fit called under ``torch.no_grad()`` (a user's evaluation block) trains its backbone."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 8)).astype(np.float32), np.arange(40) % 2
+    torch.manual_seed(0)
+    encoder = nn.Linear(8, 4)
+    with torch.no_grad():
+        clf = FoundationClassifier(
+            encoder, freeze_backbone=False, max_epochs=2, n_iter_no_change=None
+        ).fit(X, y)
+    assert not torch.equal(clf.encoder_.weight, encoder.weight)

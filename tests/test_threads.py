@@ -111,3 +111,23 @@ def test_the_probes_scores_do_not_depend_on_the_processs_blas_threads():
     with threadpool_limits(1):
         one = cross_val_score(probe, X, y, cv=3)
     np.testing.assert_array_equal(many, one)
+
+
+def test_an_lstm_counts_as_heavy_though_torch_counts_no_flops_for_it(two_threads):
+    """``FlopCounterMode`` counts 0 for ``aten::lstm``: the floor of 2 FLOPs per parameter."""
+    lstm = nn.LSTM(64, 1024, batch_first=True)  # 4.5M parameters: 2.9e8 FLOPs per 32 rows
+    seen: list[int] = []
+
+    class LastState(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = lstm
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return self.lstm(x)[0][:, -1]
+
+    X = np.random.default_rng(0).normal(size=(96, 3, 64)).astype(np.float32)
+    clf = FoundationClassifier(LastState(), inference_batch_size=32, cache=False)
+    clf.fit(X, np.arange(96) % 2)
+    assert seen[-3:] == [2, 2, 2]
