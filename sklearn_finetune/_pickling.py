@@ -7,6 +7,7 @@ import threading
 import warnings
 from typing import Any
 
+import cloudpickle
 import torch
 
 from ._shared_encoders import check_readable, deepcopy_with_own_encoder, with_shared_encoder
@@ -38,6 +39,10 @@ class TorchPickling:
         own callbacks) the plain state is pickled: torch's pickler already
         handles every tensor. ``accelerator`` is pickled as None: it is a
         handle on the processes of one launch, which another process has not.
+        The pickler is cloudpickle's (what joblib and dask send tasks with):
+        an encoder class defined in the user's script (``__main__``) is
+        pickled by value, so that worker processes, which cannot import it,
+        load it; plain pickle loads the result.
         Unfitted, with a ``FeatureCache(directory, share_encoders=True)`` as
         ``cache``, the encoder is pickled as a reference to its file there
         (see :func:`with_shared_encoder`).
@@ -51,7 +56,7 @@ class TorchPickling:
         buffer = io.BytesIO()
         _pickling.active = True
         try:
-            torch.save(state, buffer)
+            torch.save(state, buffer, pickle_module=cloudpickle)
         finally:
             _pickling.active = False
         return {TORCH_STATE: buffer.getvalue()}

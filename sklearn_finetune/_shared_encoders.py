@@ -23,6 +23,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
+import cloudpickle
 import torch
 from sklearn.base import BaseEstimator
 from torch import nn
@@ -111,7 +112,7 @@ def _loaded_reference(encoder: nn.Module, directory: Path) -> EncoderFile | None
 def _written(encoder: nn.Module, directory: Path) -> EncoderFile | None:
     """Write ``torch.save(encoder)`` to its file unless it is there; None if that failed."""
     buffer = io.BytesIO()
-    torch.save(encoder, buffer)
+    torch.save(encoder, buffer, pickle_module=cloudpickle)  # a __main__ class by value
     data = buffer.getvalue()
     folder = directory / ENCODER_FOLDER
     try:

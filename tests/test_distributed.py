@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -308,3 +311,42 @@ def test_an_encoder_class_from_the_users_script_has_one_key_in_every_process():
         )
 
     assert key_of("__mp_main__") == key_of("__main__") != key_of("my_package.models")
+
+
+def test_an_encoder_class_defined_in_the_users_script_runs_in_loky_workers(tmp_path):
+    """The class lives in ``__main__``, which workers cannot import: the state goes by value."""
+    script = tmp_path / "search.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import numpy as np, torch
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import cross_val_score
+            from torch import nn
+            from sklearn_finetune import FoundationClassifier
+
+            class MyEncoder(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.layer = nn.Linear(64, 16)
+
+                def forward(self, x):
+                    return torch.relu(self.layer(x))
+
+            if __name__ == "__main__":
+                X, y = load_digits(return_X_y=True)
+                X, y = (X[:300] / 16).astype(np.float32), y[:300]
+                torch.manual_seed(0)
+                probe = FoundationClassifier(MyEncoder(), random_state=0)
+                local = cross_val_score(probe, X, y, cv=3)
+                workers = cross_val_score(probe, X, y, cv=3, n_jobs=2)
+                assert np.array_equal(local, workers), (local, workers)
+                print("same scores", workers.round(3))
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "same scores" in done.stdout
