@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 from torch import nn
 
 #: ``solve(head, features, target, weight)``: fits ``head`` in place and
 #: returns the iterations run, or None when it cannot solve this problem (the
 #: net then runs torch's L-BFGS on the same objective).
 LinearSolver = Callable[[nn.Linear, torch.Tensor, torch.Tensor, torch.Tensor], "int | None"]
+
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    """threadpoolctl's view of the loaded BLAS libraries, found once (a search costs ~2 ms)."""
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> Any:
+    """A context in which BLAS (numpy's, scipy's) runs on one thread."""
+    return _controller().limit(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,7 @@ class LogisticRegressionSolver:
         scale = 2.0 if n_classes == 2 else 1.0
         C = scale / (self.penalty * len(y))
         model = LogisticRegression(C=C, tol=self.tol, max_iter=self.max_iter)
-        with warnings.catch_warnings(), threadpool_limits(1):
+        with warnings.catch_warnings(), one_blas_thread():
             warnings.simplefilter("ignore", ConvergenceWarning)  # the estimator warns, in its terms
             model.fit(features.cpu().numpy(), y, sample_weight=weight.cpu().numpy())
         coef, intercept = model.coef_, model.intercept_
@@ -134,7 +147,7 @@ class RidgeSolver:
     ) -> int:
         y = target.cpu().double().numpy().reshape(len(target), -1)
         alpha = self.penalty * len(y) * y.shape[1] / 2
-        with threadpool_limits(1):
+        with one_blas_thread():
             model = Ridge(alpha=alpha).fit(
                 features.cpu().double().numpy(), y, sample_weight=weight.cpu().double().numpy()
             )
