@@ -75,10 +75,12 @@ class FeatureCache:
         unpickles such estimators, the first loads the file, checks its
         SHA-256 and keeps the module for the life of the process, and the
         others share it (``fit`` never changes the encoder it is given). So
-        every process that unpickles them (each worker, and dask's
-        scheduler) must read the directory at the same path: a missing file
-        raises ``FileNotFoundError`` and one whose content changed a
-        ``ValueError``, both naming the file. The file is unpickled
+        every worker must read the directory at the same path: where the
+        file is missing, unpickling still succeeds and ``fit`` raises
+        ``FileNotFoundError`` (``ValueError`` if its content changed), naming
+        the file; dask's scheduler passes the reference on without reading
+        it. An encoder changed in place after it was loaded is written
+        again, never sent as its stale file. The file is unpickled
         (``torch.load``) only if its SHA-256 is the one in the estimator's
         own pickle; if it cannot be written, the estimator is pickled with
         its encoder, with a warning. Fitted estimators, ``clone``
