@@ -512,7 +512,7 @@ def search_n_jobs(args: argparse.Namespace, results: Results) -> None:
     results.check("3 GridSearchCV: n_jobs=2 >= 1.5x faster", f"{speedup:.2f}x", speedup >= 1.5)
     results.check(
         "3 GridSearchCV: mean_test_score agree (check)",
-        f"max |diff| {difference:.1e}",
+        f"max abs. difference {difference:.1e}",
         difference < 1e-6,
     )
 

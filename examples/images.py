@@ -2,13 +2,13 @@
 ===================================================================================
 
 On scikit-learn's 8x8 digit images, a small CNN is pretrained (supervised)
-on the digits 0-4 while an :class:`OnlineProbe` follows how well its
+on the digits 0-4 while an :class:`~sklearn_finetune.OnlineProbe` follows how well its
 features separate the digits 5-9. The weights are saved as a
-``.safetensors`` file and loaded into a fresh CNN with :func:`load_weights`.
+``.safetensors`` file and loaded into a fresh CNN with :func:`~sklearn_finetune.load_weights`.
 On the digits 5-9, scored by 5-fold cross-validation: the linear probe
-(:func:`linear_probe_score`, weight decay searched inside each fold), the k-NN
+(:func:`~sklearn_finetune.linear_probe_score`, weight decay searched inside each fold), the k-NN
 probe, the frozen features in an RBF support-vector machine
-(:class:`FoundationEmbedder` in a pipeline), and learned attention pooling over
+(:class:`~sklearn_finetune.FoundationEmbedder` in a pipeline), and learned attention pooling over
 the 8x8 feature map against mean pooling:
 
 .. code-block:: bash
@@ -19,21 +19,21 @@ the 8x8 feature map against mean pooling:
 It prints a Markdown table and draws the online probe's scores during
 pretraining beside each protocol's accuracy. It runs when the site is built
 (10 to 42 s in site builds on two cores shared with other jobs, 97 s in a
-run while they were busiest), and that build prints the same accuracies as this run, recorded
-at commit ``1b4c90d``:
+run while they were busiest): the table and figures below are that build's.
+Recorded at commit ``4cd9df1`` (the same code as this version's):
 
 .. code-block:: text
 
     | protocol                               | accuracy | seconds |
     | -------------------------------------- | -------- | ------- |
-    | linear probe (linear_probe_score)      |    0.914 |     9.2 |
-    | k-NN probe (knn_probe_score)           |    0.809 |     0.9 |
-    | FoundationEmbedder + SVC, C searched   |    0.892 |     9.8 |
-    | L-BFGS linear head, mean pooling       |    0.865 |     0.4 |
-    | L-BFGS linear head, max pooling        |    0.800 |     0.5 |
-    | L-BFGS linear head, attention pooling  |    0.884 |     4.6 |
+    | linear probe (linear_probe_score)      |    0.925 |     2.9 |
+    | k-NN probe (knn_probe_score)           |    0.800 |     0.1 |
+    | FoundationEmbedder + SVC, C searched   |    0.915 |     1.5 |
+    | L-BFGS linear head, mean pooling       |    0.887 |     0.2 |
+    | L-BFGS linear head, max pooling        |    0.818 |     0.2 |
+    | L-BFGS linear head, attention pooling  |    0.898 |     1.2 |
 
-The online probe on the digits 5-9 read 0.898, 0.877, 0.859 and 0.886 after
+The online probe on the digits 5-9 read 0.898, 0.877, 0.864 and 0.887 after
 pretraining epochs 5, 10, 15 and 20.
 """
 

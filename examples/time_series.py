@@ -2,10 +2,10 @@
 =============================================================================
 
 For each dataset the encoder is pretrained on the training series alone (no
-labels), with :class:`OnlineProbe` scoring a linear probe on the labelled
+labels), with :class:`~sklearn_finetune.OnlineProbe` scoring a linear probe on the labelled
 training set during pretraining. The weights are saved as a Lightning-style
 checkpoint (``state_dict`` with ``model.``-prefixed keys) and loaded into a
-fresh encoder with :func:`load_weights`. Every score is accuracy on the
+fresh encoder with :func:`~sklearn_finetune.load_weights`. Every score is accuracy on the
 official UCR test split:
 
 .. code-block:: bash
