@@ -118,7 +118,7 @@ html_theme_options = {
         "generated/*": [],
         "auto_examples/*": [],  # its download links are at the end of the page
         # The user guide's pages: their sections on the right.
-        **{page: ["page-toc"] for page in USER_GUIDE},
+        **{page: ["page-toc"] for page in (*USER_GUIDE, "benchmarks")},
     },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
@@ -128,4 +128,6 @@ html_show_sourcelink = False
 html_last_updated_fmt = None
 html_static_path = ["_static"]
 html_css_files = ["wide-tables.css"]
-html_sidebars = {"index": [], "api": [], "benchmarks": []}
+# No left sidebar where it would hold only a heading: the home page, the API
+# index, the benchmarks and the user guide's pages (not in a section of their own).
+html_sidebars = {"index": [], "api": [], "benchmarks": [], **{page: [] for page in USER_GUIDE}}
