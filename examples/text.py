@@ -17,29 +17,25 @@ It prints one row per protocol as it finishes (progress bars follow the
 classifier's five folds, the probes' five folds and the grid search's 20
 fits) and ends with a bar chart of the accuracies. This example does not run
 when the site is built (it needs the MR folder and minutes of encoding). Its
-last full run on all of MR, on the code of commit ``1b4c90d`` (before this
-version's bars over the classifier's folds and the grid search's fits, and
-its figure's title above the whole figure; the protocols and settings are
-unchanged), on two CPU cores shared with other busy jobs, hence the seconds
-(at ``38e9a18``, on a quieter machine, the first row took 101 s and the last
-249 s):
+last full run on all of MR, on the code of commit ``c8069c8``, on an idle
+two-core CPU (5.5 minutes in all):
 
 .. code-block:: text
 
     | protocol                                                       | accuracy | seconds |
     | -------------------------------------------------------------- | -------- | ------- |
-    | Tokenizer + FoundationClassifier (L-BFGS, weight decay 1e-2)   |    0.764 |   984.0 |
-    | linear_probe_score (weight decay searched in each fold)        |    0.766 |    78.6 |
-    | knn_probe_score (20 cosine neighbours)                         |    0.718 |     4.4 |
-    | Tokenizer + FoundationEmbedder + LogisticRegression            |    0.761 |    11.3 |
-    | GridSearchCV pooling x head, best: head=linear, pooling=mean   |    0.763 |   764.8 |
+    | Tokenizer + FoundationClassifier (L-BFGS, weight decay 1e-2)   |    0.764 |   110.6 |
+    | linear_probe_score (weight decay searched in each fold)        |    0.766 |    27.5 |
+    | knn_probe_score (20 cosine neighbours)                         |    0.718 |     3.7 |
+    | Tokenizer + FoundationEmbedder + LogisticRegression            |    0.761 |    11.6 |
+    | GridSearchCV pooling x head, best: head=linear, pooling=mean   |    0.764 |   167.4 |
 
 .. image:: /_static/text.png
    :alt: Five-fold accuracy of each protocol on all of MR, as horizontal bars.
 
 Each of the 10,662 sentences was encoded twice (mean and CLS pooling:
 21,324 encodings for 927,594 lookups); everything else ran on cached
-features. The figure is this version's ``draw`` of the table above.
+features. The figure is ``draw`` of the table above.
 """
 
 # sphinx_gallery_thumbnail_path = "_static/text.png"
