@@ -19,6 +19,7 @@ import hashlib
 import io
 import threading
 import warnings
+import weakref
 from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,13 @@ from ._fingerprint import _plain_attributes
 #: next search, or the rest of this one, finds it here).
 LOADED: dict[str, nn.Module] = {}
 _loading = threading.Lock()
+
+#: The files this process wrote, per encoder and directory, with the
+#: encoder's state then (:func:`_state_signature`): a search pickles the same
+#: encoder into every task, and it is serialised and hashed once, not per task.
+_WRITTEN: weakref.WeakKeyDictionary[nn.Module, dict[Path, tuple[tuple, EncoderFile]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 #: Whether this thread is inside a ``copy.deepcopy`` of an estimator.
 _copying = threading.local()
@@ -110,7 +118,16 @@ def _loaded_reference(encoder: nn.Module, directory: Path) -> EncoderFile | None
 
 
 def _written(encoder: nn.Module, directory: Path) -> EncoderFile | None:
-    """Write ``torch.save(encoder)`` to its file unless it is there; None if that failed."""
+    """Write ``torch.save(encoder)`` to its file unless it is there; None if that failed.
+
+    An encoder this process wrote before, unchanged since and whose file is
+    still there, is not serialised and hashed again.
+    """
+    signature = _state_signature(encoder)
+    with _loading:
+        known = _WRITTEN.get(encoder, {}).get(directory)
+    if known is not None and known[0] == signature and Path(known[1].path).is_file():
+        return known[1]
     buffer = io.BytesIO()
     torch.save(encoder, buffer, pickle_module=cloudpickle)  # a __main__ class by value
     data = buffer.getvalue()
@@ -125,8 +142,10 @@ def _written(encoder: nn.Module, directory: Path) -> EncoderFile | None:
             stacklevel=4,  # _written, with_shared_encoder, __getstate__, the pickler
         )
         return None
-    sha256 = file.name.removesuffix(ENCODER_SUFFIX)
-    return EncoderFile(str(file), sha256)
+    reference = EncoderFile(str(file), file.name.removesuffix(ENCODER_SUFFIX))
+    with _loading:
+        _WRITTEN.setdefault(encoder, {})[directory] = (signature, reference)
+    return reference
 
 
 def load_shared_encoder(path: str, sha256: str) -> nn.Module | UnreadableEncoder:

@@ -190,3 +190,31 @@ def test_clear_deletes_the_encoder_files(tmp_path):
     assert len(encoder_files(tmp_path)) == 2
     cache.clear()
     assert [file.name for file in encoder_files(tmp_path)] == ["notes.txt"]
+
+
+def test_a_search_serialises_and_hashes_its_encoder_once_until_it_changes(tmp_path, monkeypatch):
+    """Every task pickles the same encoder: it is written once, re-written only once changed."""
+    import sklearn_finetune._shared_encoders as shared
+
+    saved: list[str] = []
+    save = torch.save
+
+    def counting_save(obj, *args, **kwargs):
+        if isinstance(obj, nn.Module):
+            saved.append(type(obj).__name__)
+        return save(obj, *args, **kwargs)
+
+    monkeypatch.setattr(shared.torch, "save", counting_save)
+    cache = FeatureCache(tmp_path, share_encoders=True)
+    given = encoder(16, seed=3)
+    clf = FoundationClassifier(given, cache=cache)
+    tasks = [pickle.dumps(clone(clf)) for _ in range(4)]
+    assert len(saved) == 1 and len(set(tasks)) == 1
+    with torch.no_grad():
+        next(given.parameters()).add_(1.0)
+    pickle.dumps(clone(clf))
+    assert len(saved) == 2 and len(encoder_files(tmp_path)) == 2
+    for file in encoder_files(tmp_path):
+        file.unlink()
+    pickle.dumps(clone(clf))  # its file was deleted (clear()): written again
+    assert len(saved) == 3 and len(encoder_files(tmp_path)) == 1
