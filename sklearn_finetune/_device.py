@@ -204,6 +204,15 @@ def forward_flops(counter: FlopCounterMode, module: torch.nn.Module, rows: int) 
     return max(counter.get_total_flops(), 2 * parameters * rows)
 
 
+def chooses_threads(device: torch.device) -> bool:
+    """Whether :func:`batch_threads` can change anything: on the CPU, with more than one thread.
+
+    Elsewhere (a GPU, a dask worker's single thread) there is nothing to
+    count FLOPs for.
+    """
+    return device.type == "cpu" and torch.get_num_threads() > 1
+
+
 def batch_threads(
     flops_per_batch: float, device: torch.device
 ) -> contextlib.AbstractContextManager:

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._cache import FeatureCache
-from ._device import autocast, batch_threads, counted_flops, forward_flops
+from ._device import autocast, batch_threads, chooses_threads, counted_flops, forward_flops
 from ._encoder import prepare_encoder, preserved_modes
 from ._fingerprint import encoder_fingerprint, row_digests
 from ._inputs import ModelInput, n_samples
@@ -73,7 +73,8 @@ def encode(
         starts = range(0, n_samples(X), batch_size)
         for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress, leave=False):
             batch = to_tensor(multi_indexing(X, slice(start, start + batch_size)), device)
-            counting = counted_flops() if not chunks else contextlib.nullcontext()
+            first = not chunks and chooses_threads(device)
+            counting = counted_flops() if first else contextlib.nullcontext()
             with explained_failure(batch), counting as counter:
                 output = call_encoder(encoder, batch)
             features = representation(output, attention_mask(batch))

@@ -11,7 +11,7 @@ from skorch.utils import TeeGenerator, to_device, to_tensor
 from torch import nn
 
 from ._callbacks import estimator_callbacks
-from ._device import autocast, batch_threads, counted_flops, forward_flops
+from ._device import autocast, batch_threads, chooses_threads, counted_flops, forward_flops
 from ._module import FoundationModule, check_finite_output
 from ._optimization import solver_settings, steps_per_epoch
 from ._probe_solver import LinearSolver
@@ -123,6 +123,9 @@ class FoundationNet(NeuralNet):
         ``batch_threads``): a light model predicts on one CPU thread.
         """
         outputs = self._batch_outputs(X, training, device)
+        if not chooses_threads(torch.device(self.device)):
+            yield from outputs
+            return
         with counted_flops() as counter:
             first = next(outputs, None)
         if first is None:
