@@ -28,6 +28,9 @@ from ._cache_files import (
 #: Default bound on the bytes of features held in memory: 1 GiB.
 DEFAULT_MAX_BYTES = 2**30
 
+#: The location of a digest the memory layer does not hold.
+_MISSING = (-1, -1)
+
 
 class FeatureCache:
     """Representations of samples under frozen encoders, shared by every fit that can use them.
@@ -152,7 +155,8 @@ class FeatureCache:
     def _start_empty(self) -> None:
         self._lock = threading.Lock()
         self._blocks: OrderedDict[int, Block] = OrderedDict()
-        self._index: dict[tuple[str, bytes], tuple[int, int]] = {}
+        #: key -> sample digest -> (block id, row in the block)
+        self._index: dict[str, dict[bytes, tuple[int, int]]] = {}
         self._files: set[Path] = set()
         self._rejected: dict[Path, tuple[int, int, int]] = {}
         self._unwritable = False
@@ -240,17 +244,13 @@ class FeatureCache:
         """
         self._read_new_files(key)
         with self._lock:
-            locations = [self._index.get((key, digest)) for digest in digests]
-            found = [
-                (position, *location)
-                for position, location in enumerate(locations)
-                if location is not None
-            ]
-            self._touch({block_id for _, block_id, _ in found})
-            gathered = self._gather(found)
-        return gathered, [
-            position for position, location in enumerate(locations) if location is None
-        ]
+            index = self._index.get(key, {})
+            locations = [index.get(digest, _MISSING) for digest in digests]
+            table = np.array(locations, dtype=np.int64).reshape(len(locations), 2)
+            hit = table[:, 0] >= 0
+            positions = np.flatnonzero(hit)
+            gathered = self._gather(positions, table[hit])
+        return gathered, np.flatnonzero(~hit).tolist()
 
     def _compute(
         self,
@@ -303,23 +303,27 @@ class FeatureCache:
     # Memory layer --------------------------------------------------------------
 
     def _gather(
-        self, found: list[tuple[int, int, int]]
+        self, positions: np.ndarray, locations: np.ndarray
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(positions, features, rows)`` per block for ``(position, block id, row)`` triples.
+        """``(positions, features, rows)`` per block, for found positions and their locations.
 
-        ``out[positions] = features[rows]`` copies a block's rows at once.
+        ``locations`` holds a ``(block id, row)`` pair per position; ``out[positions]
+        = features[rows]`` copies a block's rows at once. The blocks are
+        marked as just used.
         """
-        if not found:
+        if not len(positions):
             return []
-        table = np.array(found, dtype=np.int64)
-        table = table[np.argsort(table[:, 1], kind="stable")]
-        block_ids, starts = np.unique(table[:, 1], return_index=True)
+        order = np.argsort(locations[:, 0], kind="stable")
+        positions, locations = positions[order], locations[order]
+        block_ids, starts = np.unique(locations[:, 0], return_index=True)
+        self._touch(block_ids.tolist())
+        ends = [*starts[1:], len(positions)]
         return [
-            (part[:, 0], self._blocks[int(block_id)].features, part[:, 2])
-            for block_id, part in zip(block_ids, np.split(table, starts[1:]), strict=True)
+            (positions[start:end], self._blocks[block_id].features, locations[start:end, 1])
+            for block_id, start, end in zip(block_ids.tolist(), starts, ends, strict=True)
         ]
 
-    def _touch(self, block_ids: set[int]) -> None:
+    def _touch(self, block_ids: list[int]) -> None:
         for block_id in block_ids:
             self._blocks.move_to_end(block_id)
 
@@ -328,8 +332,9 @@ class FeatureCache:
         self._next_id += 1
         self._blocks[block_id] = block
         self.nbytes += block.features.nbytes
+        index = self._index.setdefault(block.key, {})
         for row, digest in enumerate(block.digests):
-            self._index.setdefault((block.key, digest), (block_id, row))
+            index.setdefault(digest, (block_id, row))
         if block.file is not None:
             self._files.add(block.file)
         while self.nbytes > self.max_bytes and self._blocks:
@@ -338,9 +343,12 @@ class FeatureCache:
     def _evict(self, block_id: int) -> None:
         block = self._blocks.pop(block_id)
         self.nbytes -= block.features.nbytes
+        index = self._index.get(block.key, {})
         for digest in block.digests:
-            if self._index.get((block.key, digest), (None,))[0] == block_id:
-                del self._index[(block.key, digest)]
+            if index.get(digest, _MISSING)[0] == block_id:
+                del index[digest]
+        if not index:
+            self._index.pop(block.key, None)
         if block.file is not None:
             self._files.discard(block.file)
 

@@ -32,6 +32,19 @@ def one_blas_thread() -> Any:
     return _controller().limit(limits=1, user_api="blas")
 
 
+def _uniform_weight(weight: torch.Tensor) -> tuple[float, np.ndarray | None]:
+    """``(scale, None)`` when every sample weight equals ``scale``, else ``(1.0, weights)``.
+
+    scikit-learn's solvers run faster without ``sample_weight`` (LogisticRegression
+    about 5%, on the digits); a uniform weight is a factor on the whole loss,
+    which the caller folds into ``C`` or ``alpha``.
+    """
+    values = weight.detach().cpu().double().numpy()
+    if len(values) and values[0] > 0 and (values == values[0]).all():
+        return float(values[0]), None
+    return 1.0, values
+
+
 @dataclass(frozen=True)
 class LogisticRegressionSolver:
     """Solve a softmax linear head's L2-penalised cross-entropy with ``LogisticRegression``.
@@ -92,11 +105,12 @@ class LogisticRegressionSolver:
         if len(np.unique(y)) != n_classes:
             return None
         scale = 2.0 if n_classes == 2 else 1.0
-        C = scale / (self.penalty * len(y))
+        uniform, sample_weight = _uniform_weight(weight)
+        C = scale * uniform / (self.penalty * len(y))
         model = LogisticRegression(C=C, tol=self.tol, max_iter=self.max_iter)
         with warnings.catch_warnings(), one_blas_thread():
             warnings.simplefilter("ignore", ConvergenceWarning)  # the estimator warns, in its terms
-            model.fit(features.cpu().numpy(), y, sample_weight=weight.cpu().numpy())
+            model.fit(features.cpu().numpy(), y, sample_weight=sample_weight)
         coef, intercept = model.coef_, model.intercept_
         if n_classes == 2:
             coef = np.concatenate([-coef, coef]) / 2
@@ -146,10 +160,11 @@ class RidgeSolver:
         self, head: nn.Linear, features: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     ) -> int:
         y = target.cpu().double().numpy().reshape(len(target), -1)
-        alpha = self.penalty * len(y) * y.shape[1] / 2
+        uniform, sample_weight = _uniform_weight(weight)
+        alpha = self.penalty * len(y) * y.shape[1] / (2 * uniform)
         with one_blas_thread():
             model = Ridge(alpha=alpha).fit(
-                features.cpu().double().numpy(), y, sample_weight=weight.cpu().double().numpy()
+                features.cpu().double().numpy(), y, sample_weight=sample_weight
             )
         with torch.no_grad():
             head.weight.copy_(torch.as_tensor(model.coef_.reshape(head.weight.shape)))

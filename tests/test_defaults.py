@@ -15,7 +15,7 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sklearn_finetune import FoundationClassifier, FoundationRegressor
-from sklearn_finetune._probe_solver import LogisticRegressionSolver
+from sklearn_finetune._probe_solver import LogisticRegressionSolver, RidgeSolver
 
 
 def features_of(encoder, X):
@@ -108,6 +108,36 @@ def test_probe_missing_a_class_in_training_falls_back_to_torch_lbfgs():
             break
     assert isinstance(clf.net_.optimizer_, torch.optim.LBFGS)
     assert clf.n_iter_ > 0 and np.isfinite(clf.predict_proba(X)).all()
+
+
+@pytest.mark.parametrize("scale", [0.25, 1.0, 3.0])
+def test_uniform_weights_are_folded_into_the_penalty(scale):
+    """Equal sample weights reach scikit-learn as C or alpha, not as sample_weight.
+
+    (scikit-learn's solvers are faster without sample_weight.) The solution
+    must be the one the weights would give.
+    """
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(80, 5))  # float64: both solve to tol=1e-10
+    labels = (features[:, 0] + 0.5 * rng.normal(size=80) > 0).astype(np.int64)
+    weight = torch.full((80,), scale)
+    penalty = 0.05
+    head = nn.Linear(5, 2)
+    solve = LogisticRegressionSolver(penalty=penalty, tol=1e-10, max_iter=1000)
+    solve(head, torch.as_tensor(features), torch.as_tensor(labels), weight)
+    reference = LogisticRegression(C=2 / (penalty * 80), tol=1e-10, max_iter=1000)
+    reference.fit(features, labels, sample_weight=np.full(80, scale))
+    w = head.weight.detach().numpy()
+    np.testing.assert_allclose(w[1] - w[0], reference.coef_[0], rtol=1e-4)
+
+    target = features @ np.arange(1.0, 6.0) + rng.normal(size=80)
+    head = nn.Linear(5, 1)
+    RidgeSolver(penalty=penalty)(
+        head, torch.as_tensor(features), torch.as_tensor(target[:, None]), weight
+    )
+    reference = Ridge(alpha=penalty * 80 / 2)
+    reference.fit(features, target, sample_weight=np.full(80, scale))
+    np.testing.assert_allclose(head.weight.detach().numpy()[0], reference.coef_, rtol=1e-5)
 
 
 def test_default_regression_probe_is_ridge_on_the_features():
