@@ -83,7 +83,11 @@ class FeatureCache:
         ``FileNotFoundError`` (``ValueError`` if its content changed), naming
         the file; dask's scheduler passes the reference on without reading
         it. An encoder changed in place after it was loaded is written
-        again, never sent as its stale file. The file is unpickled
+        again, never sent as its stale file, when the change went through
+        torch's in-place operations (an optimizer step, ``load_state_dict``,
+        ``copy_``), which bump the weights' version counters; a write through
+        ``.data`` or a NumPy view of a weight does not, so pickle a
+        ``copy.deepcopy`` of an encoder changed that way. The file is unpickled
         (``torch.load``) only if its SHA-256 is the one in the estimator's
         own pickle; if it cannot be written, the estimator is pickled with
         its encoder, with a warning. Fitted estimators, ``clone``

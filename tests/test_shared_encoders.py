@@ -137,6 +137,18 @@ def test_an_encoder_changed_in_place_after_loading_is_written_again(tmp_path):
     assert_same_state(state_of(encoder(8, seed=2)), original.encoder)
 
 
+def test_a_deepcopy_of_an_encoder_changed_through_data_is_sent_as_changed(tmp_path):
+    """The documented remedy for writes that bypass version counters (``.data``)."""
+    cache = FeatureCache(tmp_path, share_encoders=True)
+    given = encoder(8, seed=3)
+    pickle.dumps(FoundationClassifier(given, cache=cache))
+    for parameter in given.parameters():
+        parameter.data.zero_()  # no version counter moves
+    sent = pickle.loads(pickle.dumps(FoundationClassifier(copy.deepcopy(given), cache=cache)))
+    assert len(encoder_files(tmp_path)) == 2
+    assert all((p == 0).all() for p in sent.encoder.parameters())
+
+
 def test_a_fitted_estimator_pickles_its_encoder_and_loads_elsewhere_without_the_file(
     digits, tmp_path
 ):
