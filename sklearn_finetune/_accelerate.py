@@ -181,7 +181,10 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
       best epoch's weights are restored into the wrapped model first), and
       the accelerator forgets the prepared objects (``free_memory``, as
       accelerate advises between two trainings) and is dropped from the
-      net: the fitted net predicts in one process, and pickles.
+      net: the fitted net predicts in one process, and pickles. A training
+      that raises releases the accelerator the same way, so that a failed
+      fit leaves no model, optimizer or loader held by the user's
+      accelerator.
     """
 
     accelerator: Any  # an accelerate.Accelerator; None once training has ended
@@ -259,9 +262,22 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
             return
         super().notify(method_name, **cb_kwargs)
         if method_name == "on_train_end":
-            self._unwrap_accelerator()
-            self.accelerator.free_memory()  # accelerate's advice between two trainings
-            self.accelerator = None
+            self._release_accelerator()
+
+    def partial_fit(self, *args: Any, **kwargs: Any) -> AcceleratedNet:
+        """skorch's; a training that raises releases the accelerator too (no ``on_train_end``)."""
+        try:
+            return super().partial_fit(*args, **kwargs)
+        except BaseException:
+            if self.accelerator is not None:
+                self._release_accelerator()
+            raise
+
+    def _release_accelerator(self) -> None:
+        """Unwrap the model; the accelerator forgets what it prepared; the net drops it."""
+        self._unwrap_accelerator()
+        self.accelerator.free_memory()  # accelerate's advice between two trainings
+        self.accelerator = None
 
     def _end_epoch_together(self, **cb_kwargs: Any) -> None:
         """The epoch's callbacks; if one ends training in any process, it ends in all.

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from torch import nn
 
 from sklearn_finetune import FoundationClassifier, load_estimator, save_estimator
 
@@ -210,6 +211,41 @@ def test_unfreeze_at_0_is_full_fine_tuning_and_is_accepted(accelerator_of):
         assert "unfreezing" not in dict(clf.net_.callbacks_)  # it would reach through DDP
         probas.append(clf.predict_proba(X[:50]))
     np.testing.assert_array_equal(probas[0], probas[1])
+
+
+class FailsInEpoch(nn.Module):
+    """A linear encoder whose forward raises from its ``after``-th training call on."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 8)
+        self.after = after
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.after:
+                raise RuntimeError("the encoder failed in training")
+        return self.linear(x)
+
+
+def test_a_fit_that_raises_in_training_leaves_the_accelerator_empty(accelerator_of):
+    """The failed fit's model, optimizer and loader are not kept by the user's accelerator."""
+    X, y, *_ = data()
+    accelerator = accelerator_of()
+    clf = FoundationClassifier(
+        FailsInEpoch(after=3), freeze_backbone=False, accelerator=accelerator, max_epochs=2
+    )
+    with pytest.raises(RuntimeError, match="the encoder failed in training"):
+        clf.fit(X[:256], y[:256])
+    assert not hasattr(clf, "net_")
+    assert accelerator._models == [] and accelerator._optimizers == []
+    assert accelerator._dataloaders == []
+    refit = FoundationClassifier(
+        encoder(), freeze_backbone=False, accelerator=accelerator, max_epochs=1
+    ).fit(X[:256], y[:256])
+    assert refit.net_.accelerator is None and accelerator._models == []
 
 
 def test_an_accelerator_is_an_object_with_accelerates_methods():
