@@ -330,6 +330,30 @@ class FoundationClassifier(ClassifierMixin, FoundationEstimator):
             return (probabilities >= 0.5).astype(np.int64)
         return self.classes_[np.argmax(probabilities, axis=1)]
 
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Accuracy of ``predict(X)`` against ``y``: ``ClassifierMixin.score``.
+
+        scikit-learn's :func:`~sklearn.metrics.accuracy_score`; for multilabel
+        y, the subset accuracy (a sample counts only when all its labels are
+        right). ``cross_val_score`` and the search tools use it when
+        ``scoring`` is None.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, torch.Tensor, dict or Dataset
+            Input in the form used at fit time.
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            True labels.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Weight of each sample in the mean.
+
+        Returns
+        -------
+        float
+            The fraction of samples predicted right, in [0, 1].
+        """
+        return super().score(X, y, sample_weight=sample_weight)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True

@@ -312,7 +312,25 @@ class OnlineProbe(Callback):
         return self
 
     def __call__(self, encoder: nn.Module) -> float:
-        """The mean cross-validated linear-probe score of ``encoder`` on the labelled set."""
+        """Probe ``encoder`` now, outside a training loop: the mean cross-validated score.
+
+        What the callback runs every ``every`` epochs, callable on its own
+        (in a plain PyTorch loop, a Lightning hook): ``linear_probe_score``
+        of ``encoder`` on ``X, y`` with ``cv``, ``scoring`` and
+        ``probe_params`` (by default on the encoder's device, with
+        ``random_state=0`` and ``weight_decay=1e-2``). The score is appended
+        to ``scores_``.
+
+        Parameters
+        ----------
+        encoder : torch.nn.Module
+            The encoder to probe; not changed (it is frozen for the probe).
+
+        Returns
+        -------
+        float
+            The mean of the folds' scores.
+        """
         if not hasattr(self, "scores_"):
             self.initialize()
         device = module_device(encoder)

@@ -182,6 +182,30 @@ class FoundationRegressor(RegressorMixin, FoundationEstimator):
         y = standardised * self.target_scale_ + self.target_mean_
         return y.ravel() if self.n_outputs_ == 1 else y
 
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """R² of ``predict(X)`` against ``y``: ``RegressorMixin.score``.
+
+        scikit-learn's :func:`~sklearn.metrics.r2_score`, averaged uniformly
+        over the targets when there are several. 1 is a perfect fit; a
+        model that always predicts the mean of ``y`` scores 0. ``cross_val_score``
+        and the search tools use it when ``scoring`` is None.
+
+        Parameters
+        ----------
+        X : array-like, DataFrame, torch.Tensor, dict or Dataset
+            Input in the form used at fit time.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            True targets.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+            Weight of each sample.
+
+        Returns
+        -------
+        float
+            R², at most 1 (negative for a model worse than the mean).
+        """
+        return super().score(X, y, sample_weight=sample_weight)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
