@@ -83,11 +83,13 @@ def warn_if_not_converged(estimator: FoundationEstimator, plan: FitPlan, converg
     """A ``ConvergenceWarning`` when ``max_epochs`` ended training, as scikit-learn's."""
     if plan.solver == "lbfgs":
         if estimator.n_iter_ >= plan.max_epochs:
+            linear = "Ridge" if estimator._task() == "regression" else "LogisticRegression"
             warnings.warn(
                 f"lbfgs failed to converge within max_epochs={plan.max_epochs} "
                 f"iterations (largest gradient entry still above tol={estimator.tol}). "
-                "Increase max_epochs, or scale the data (e.g. batch_norm=True, which "
-                "standardises the features as StandardScaler would).",
+                "Increase max_epochs, or standardise the features: batch_norm=True does, "
+                f"so that the probe solves StandardScaler + {linear}'s problem (by torch's "
+                f"L-BFGS) instead of {linear}'s on the raw features.",
                 ConvergenceWarning,
                 stacklevel=5,
             )

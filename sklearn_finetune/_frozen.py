@@ -26,6 +26,7 @@ from ._inputs import ModelInput, n_samples
 from ._module import (
     attention_mask,
     call_encoder,
+    check_batch_axis,
     check_finite_output,
     explained_failure,
     probe_encoder,
@@ -78,6 +79,7 @@ def encode(
             with explained_failure(batch), counting as counter:
                 output = call_encoder(encoder, batch)
             features = representation(output, attention_mask(batch))
+            check_batch_axis(features, n_samples(batch), encoder, "while encoding X")
             if counter is not None:  # the first batch's FLOPs choose the threads of the others
                 flops = forward_flops(counter, encoder, rows=len(features))
                 threads.enter_context(batch_threads(flops, device))

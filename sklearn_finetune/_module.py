@@ -13,6 +13,7 @@ from torch import nn
 
 from ._device import counted_flops, forward_flops
 from ._encoder import preserved_modes
+from ._inputs import n_samples
 from ._representation import Representation
 
 #: The prefix of the backbone's parameter names in ``FoundationModule``, as
@@ -52,6 +53,26 @@ def explained_failure(batch: Any) -> Iterator[None]:
             f"The encoder failed on samples of X passed as {given}: "
             f"{type(exc).__name__}: {exc}{hint}"
         ) from exc
+
+
+def check_batch_axis(features: torch.Tensor, n_rows: int, encoder: nn.Module, where: str) -> None:
+    """Refuse a representation whose first axis is not the batch's samples.
+
+    Raises
+    ------
+    ValueError
+        Naming the encoder's class, ``where`` it ran, the representation's
+        shape and the batch's number of samples (an encoder that flattens or
+        reduces over the batch axis, or returns one row for the batch).
+    """
+    if features.ndim >= 1 and len(features) == n_rows:
+        return
+    raise ValueError(
+        f"The encoder ({type(encoder).__name__}) returned a representation of shape "
+        f"{tuple(features.shape)} {where} for a batch of {n_rows} samples: its output's "
+        "first axis must be the batch's (one row per sample). Check that the encoder does "
+        "not flatten, reduce or reshape across the batch axis."
+    )
 
 
 def check_finite_output(
@@ -111,6 +132,7 @@ def probe_encoder(
         with explained_failure(batch):
             output = call_encoder(encoder, batch)
         features = representation(output, attention_mask(batch))
+    check_batch_axis(features, n_samples(batch), encoder, "at the width probe")
     check_finite_output(features, encoder, "at the width probe", rows=range(len(features)))
     rows = max(len(features), 1)
     return EncoderProbe(

@@ -294,7 +294,9 @@ class EstimatorParameters:
         types="int or None",
         doc="""
         Stop when this many epochs in a row have not improved by more than
-        ``tol``, as ``MLPClassifier`` does. The monitored value is
+        ``tol``: the rule of ``MLPClassifier`` and ``SGDClassifier``, counted
+        as ``SGDClassifier`` counts (the ``n_iter_no_change``-th such epoch is
+        the last; ``MLPClassifier`` runs one more). The monitored value is
         ``scoring`` on the validation data when there is validation data,
         the training loss otherwise. An epoch whose score is undefined
         (NaN, e.g. ROC AUC on a validation set of one class) neither counts

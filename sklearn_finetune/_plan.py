@@ -32,6 +32,7 @@ from ._inputs import ModelInput, n_samples
 from ._metrics import SCORES
 from ._optimization import Solver
 from ._representation import Representation
+from ._unused_parameters import warn_unused_parameters
 
 if TYPE_CHECKING:
     from ._estimator import FoundationEstimator
@@ -259,15 +260,7 @@ def plan_fit(
     )
     _check_settings(estimator, regime, solver, max_epochs)
     targets, validation, mean_weight = _weighted(estimator, y, sample_weight, train, rows, data)
-    if estimator.scoring != "loss" and not validation:
-        warnings.warn(
-            f"scoring={estimator.scoring!r} has no effect: this fit holds out no validation "
-            f"data (val_split={estimator.val_split!r}, solver {solver!r}), so no score picks "
-            "an epoch. Pass val_split (a fraction or (X_val, y_val)) to use it, or leave "
-            "scoring='loss'.",
-            UserWarning,
-            stacklevel=5,  # plan_fit, _fit, fit, scikit-learn's wrapper, the caller
-        )
+    warn_unused_parameters(estimator, regime, solver, has_validation=bool(validation))
     n_train = len(y) if train is None else len(train)
     if estimator.weight_decay != "auto":
         weight_decay = float(estimator.weight_decay)
@@ -387,7 +380,11 @@ def _split(
                 f"val_split as a tuple must be (X_val, y_val); got a tuple of "
                 f"{len(val_split)} items."
             )
-        X_val = estimator._validate_X(val_split[0], reset=False)
+        try:
+            X_val = estimator._validate_X(val_split[0], reset=False)
+        except (TypeError, ValueError) as error:  # scikit-learn's messages say "X"
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"val_split's X_val does not match X: {error}") from error
         y_val = estimator._transform_y(val_split[1])
         check_lengths(X_val, y_val, "X_val", "y_val")
         return None, None, (X_val, y_val)

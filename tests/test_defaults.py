@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -384,3 +385,39 @@ def test_a_loss_that_is_never_finite_is_refused(digits):
     with pytest.raises(ValueError, match="Training diverged: train_loss is nan at epoch 1"):
         clf.fit(X, y)
     assert not hasattr(clf, "net_")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"lr": 0.1},  # the L-BFGS probe takes its steps by line search
+        {"momentum": 0.5},  # not SGD
+        {"hidden_dims": (16,)},  # a linear head
+        {"dropout": 0.2},
+        {"backbone_lr_mult": 1.0},  # a frozen backbone
+        {"layer_decay": 0.5},
+    ],
+)
+def test_a_parameter_this_fit_ignores_is_warned_about(digits, params):
+    """A grid over a parameter the fit ignores would be a grid over nothing: say so."""
+    X, y = digits
+    [(name, value)] = params.items()
+    with pytest.warns(
+        UserWarning, match=rf"^{re.escape(f'{name}={value!r}')} has no effect on this fit: "
+    ):
+        FoundationClassifier(nn.Linear(64, 8), **params).fit(X, y)
+
+
+def test_parameters_that_a_fit_uses_are_not_warned_about(digits):
+    X, y = digits
+    used = [
+        {},  # the defaults: nothing was chosen
+        {"solver": "adamw", "lr": 0.01},
+        {"solver": "sgd", "momentum": 0.5},
+        {"head": "mlp", "hidden_dims": (16,), "dropout": 0.1},
+        {"freeze_backbone": False, "backbone_lr_mult": 1.0},
+    ]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*has no effect")
+        for params in used:
+            FoundationClassifier(nn.Linear(64, 8), max_epochs=2, **params).fit(X, y)

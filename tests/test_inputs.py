@@ -223,3 +223,20 @@ def test_integer_token_ids_keep_their_dtype():
     encoder = nn.Sequential(nn.Embedding(20, 4))
     clf = FoundationClassifier(encoder, max_epochs=1).fit(ids, np.arange(30) % 2)
     assert clf.predict(ids).shape == (30,)
+
+
+def test_an_encoder_that_mixes_the_batch_axis_is_named_before_training():
+    """Flattening over the batch gives no row per sample: said at the encoder, in either regime."""
+    X = np.random.default_rng(0).normal(size=(150, 13)).astype(np.float32)
+    y = np.arange(150) % 3
+    with pytest.raises(ValueError, match=r"\(Flatten\).*while encoding X for a batch of 64"):
+        FoundationClassifier(nn.Flatten(0)).fit(X, y)
+    with pytest.raises(ValueError, match=r"encoder \(Flatten\).*at the width probe.*first axis"):
+        FoundationClassifier(nn.Flatten(0), freeze_backbone=False).fit(X, y)
+
+
+def test_a_bad_X_val_is_named_as_X_val():
+    X = np.random.default_rng(0).normal(size=(60, 13)).astype(np.float32)
+    y = np.arange(60) % 2
+    with pytest.raises(ValueError, match=r"^val_split's X_val does not match X: X has 4 features"):
+        FoundationClassifier(nn.Linear(13, 4), val_split=(X[:5, :4], y[:5])).fit(X, y)
