@@ -331,9 +331,9 @@ class FoundationEstimator(TorchPickling, EstimatorParameters, BaseEstimator):
         if convergence is not None and plan.validation:
             self.best_epoch_ = convergence.best_epoch_
         self.n_iter_ = net.lbfgs_iterations_ if plan.solver == "lbfgs" else len(net.history)
-        if warn_if_interrupted(self, plan, net, convergence):
+        if warn_if_interrupted(self, plan, net):
             return self
-        warn_if_not_converged(self, plan, convergence)
+        warn_if_not_converged(self, plan, net, convergence)
         return self
 
     def _net_predict(self, method: str, X: Any) -> np.ndarray:
