@@ -37,9 +37,11 @@ def writable(batch: Any) -> Any:
     >>> import numpy as np
     >>> from sklearn_finetune._batches import writable
     >>> X = np.zeros((4, 2))
+    >>> writable(X) is X  # writable: no copy
+    True
     >>> X.flags.writeable = False
-    >>> writable(X[:2]).flags.writeable, writable(X[:2]) is X, X.flags.writeable
-    (True, False, False)
+    >>> writable(X[:2]).flags.writeable, X.flags.writeable  # a copy; X is unchanged
+    (True, False)
     """
     if isinstance(batch, np.ndarray) and not batch.flags.writeable:
         return batch.copy()
@@ -146,7 +148,8 @@ def feature_batches(
     Parameters
     ----------
     dataset : skorch.dataset.Dataset or torch.utils.data.Subset of one
-        Holds ``X`` as a tensor, a NumPy array or a :class:`StreamedX`,
+        Holds ``X`` as a tensor, a NumPy array (a read-only one is indexed
+        with NumPy, batch by batch) or a :class:`StreamedX`,
         and ``y`` as a sequence of tensors or arrays (targets and sample
         weights) or None, as skorch builds it from
         ``net.fit(X, y)``; a ``Subset`` (held-out rows) takes its rows.
