@@ -285,8 +285,12 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
         skorch's callbacks end training by raising ``KeyboardInterrupt``
         (``n_iter_no_change``, skorch's ``EarlyStopping``). A process that
         stopped alone would leave the others waiting at their next
-        all-reduce, so whether to stop is itself reduced across processes.
+        all-reduce, so whether to stop is itself reduced across processes,
+        and every process takes ``stopped_by_`` from the first that names a
+        callback.
         """
+        from accelerate.utils import gather_object
+
         stop = False
         try:
             super().notify("on_epoch_end", **cb_kwargs)
@@ -296,4 +300,6 @@ class AcceleratedNet(AccelerateMixin, FoundationNet):
             torch.tensor([float(stop)], device=self.accelerator.device), "sum"
         )
         if stops.item() > 0:
+            names = gather_object([self.stopped_by_ if stop else None])
+            self.stopped_by_ = next((name for name in names if name is not None), None)
             raise KeyboardInterrupt

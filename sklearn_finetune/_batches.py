@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
+import numpy as np
 import torch
 from skorch.dataset import Dataset
 from skorch.utils import to_tensor
@@ -17,14 +18,69 @@ Targets = Sequence[torch.Tensor]
 Batch = tuple[torch.Tensor, "list[torch.Tensor] | None"]
 
 
-class _Rows(TorchDataset):
-    """X (a tensor, or a :class:`StreamedX` read from disk) and targets y, a whole batch at a time.
+def writable(batch: Any) -> Any:
+    """A batch of X (an array or a dict of arrays) whose read-only arrays are copied.
 
-    ``index`` maps the dataset's rows to rows of X (the rows of a ``Subset``).
+    Torch warns when it makes a tensor over a read-only array ("The given
+    NumPy array is not writable"), as ``torch.as_tensor`` and skorch's
+    ``to_tensor`` do without copying: a pandas 3 DataFrame's ``to_numpy()``
+    is read-only under copy-on-write, and so is an array with
+    ``flags.writeable`` False or a ``numpy.memmap`` opened with ``mode="r"``.
+    Nothing here writes to X, but copying one batch costs one batch of
+    memory, where silencing torch would change the warning filters of the
+    user's process (not thread-safe) and use up torch's once-per-process
+    warning that the user's own code may need; X is never copied whole.
+    Writable arrays, and everything else, are returned as they are.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_finetune._batches import writable
+    >>> X = np.zeros((4, 2))
+    >>> writable(X) is X  # writable: no copy
+    True
+    >>> X.flags.writeable = False
+    >>> writable(X[:2]).flags.writeable, X.flags.writeable  # a copy; X is unchanged
+    (True, False)
+    """
+    if isinstance(batch, np.ndarray) and not batch.flags.writeable:
+        return batch.copy()
+    if isinstance(batch, Mapping):
+        return {key: writable(value) for key, value in batch.items()}
+    return batch
+
+
+def batch_tensor(batch: Any, device: torch.device | str) -> Any:
+    """skorch's ``to_tensor`` of a batch of X, its read-only arrays copied (:func:`writable`)."""
+    return to_tensor(writable(batch), device)
+
+
+class WritableSamples(Dataset):
+    """skorch's ``Dataset``, whose samples of a read-only X are copies (see :func:`writable`).
+
+    skorch's own loader (for a dict X, and under accelerate) collates the
+    samples with torch's ``default_collate``, which makes a tensor over
+    each; a sample is a view of X.
+    """
+
+    def transform(self, X: Any, y: Any) -> tuple[Any, Any]:
+        return super().transform(writable(X), writable(y))
+
+
+class _Rows(TorchDataset):
+    """X and targets y, a whole batch at a time.
+
+    X is a tensor, or a :class:`StreamedX` read from disk or a read-only
+    array, whose batches are copied (by NumPy's indexing) before torch sees
+    them. ``index`` maps the dataset's rows to rows of X (the rows of a
+    ``Subset``).
     """
 
     def __init__(
-        self, X: torch.Tensor | StreamedX, y: Targets | None, index: torch.Tensor | None
+        self,
+        X: torch.Tensor | StreamedX | np.ndarray,
+        y: Targets | None,
+        index: torch.Tensor | None,
     ) -> None:
         self.X = X
         self.y = y
@@ -37,9 +93,9 @@ class _Rows(TorchDataset):
         if self.index is not None:
             rows = self.index[rows]
         targets = None if self.y is None else [target[rows] for target in self.y]
-        if isinstance(self.X, StreamedX):
-            return to_tensor(self.X[rows.numpy()], "cpu"), targets
-        return self.X[rows], targets
+        if isinstance(self.X, torch.Tensor):
+            return self.X[rows], targets
+        return to_tensor(self.X[rows.numpy()], "cpu"), targets
 
 
 class _IndexBatches(Sampler):
@@ -92,7 +148,8 @@ def feature_batches(
     Parameters
     ----------
     dataset : skorch.dataset.Dataset or torch.utils.data.Subset of one
-        Holds ``X`` as a tensor, a NumPy array or a :class:`StreamedX`,
+        Holds ``X`` as a tensor, a NumPy array (a read-only one is indexed
+        with NumPy, batch by batch) or a :class:`StreamedX`,
         and ``y`` as a sequence of tensors or arrays (targets and sample
         weights) or None, as skorch builds it from
         ``net.fit(X, y)``; a ``Subset`` (held-out rows) takes its rows.
@@ -120,9 +177,12 @@ def feature_batches(
     if isinstance(dataset, Subset):
         index = torch.as_tensor(dataset.indices)
         dataset = cast(Dataset, dataset.dataset)
-    X = dataset.X if isinstance(dataset.X, StreamedX) else torch.as_tensor(dataset.X)
+    X = dataset.X
+    read_only = isinstance(X, np.ndarray) and not X.flags.writeable
+    if not (read_only or isinstance(X, StreamedX)):  # those are indexed (copied) batch by batch
+        X = torch.as_tensor(X)
     device = X.device if isinstance(X, torch.Tensor) else torch.device("cpu")
-    y = None if dataset.y is None else [torch.as_tensor(target) for target in dataset.y]
+    y = None if dataset.y is None else [torch.as_tensor(writable(target)) for target in dataset.y]
     rows = _Rows(X, y, None if index is None else index.to(device))
     order = RandomSampler(rows) if shuffle else SequentialSampler(rows)
     batches = _IndexBatches(order, batch_size, drop_last, device)

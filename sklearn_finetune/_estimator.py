@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._accelerate import accelerator_device
-from ._batches import feature_batches
+from ._batches import WritableSamples, feature_batches
 from ._cache import FeatureCache, feature_cache
 from ._device import (
     HEAD_THREADS,
@@ -83,7 +83,8 @@ def loader_settings(*, frozen: bool, array_input: bool) -> dict[str, Any]:
     are batched by indexing (:func:`feature_batches`), features at
     prediction in batches of ``FEATURE_BATCH_SIZE``; a dict X (a
     tokenizer's output, a dataset of several columns) goes through skorch's
-    own loader, sample by sample. ``fit`` and ``load_estimator`` both build nets with it.
+    own loader, sample by sample (copied from a read-only X, see
+    :class:`WritableSamples`). ``fit`` and ``load_estimator`` both build nets with it.
     """
     if frozen:
         return dict(
@@ -93,7 +94,7 @@ def loader_settings(*, frozen: bool, array_input: bool) -> dict[str, Any]:
         )
     if array_input:
         return dict(iterator_train=feature_batches, iterator_valid=feature_batches)
-    return {}
+    return dict(dataset=WritableSamples)
 
 
 class FoundationEstimator(TorchPickling, EstimatorParameters, BaseEstimator):
@@ -330,9 +331,9 @@ class FoundationEstimator(TorchPickling, EstimatorParameters, BaseEstimator):
         if convergence is not None and plan.validation:
             self.best_epoch_ = convergence.best_epoch_
         self.n_iter_ = net.lbfgs_iterations_ if plan.solver == "lbfgs" else len(net.history)
-        if warn_if_interrupted(self, plan, net, convergence):
+        if warn_if_interrupted(self, plan, net):
             return self
-        warn_if_not_converged(self, plan, convergence)
+        warn_if_not_converged(self, plan, net, convergence)
         return self
 
     def _net_predict(self, method: str, X: Any) -> np.ndarray:

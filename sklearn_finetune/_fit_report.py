@@ -17,24 +17,22 @@ if TYPE_CHECKING:
     from ._plan import FitPlan
 
 
-def warn_if_interrupted(
-    estimator: FoundationEstimator, plan: FitPlan, net: FoundationNet, convergence: Any
-) -> bool:
+def warn_if_interrupted(estimator: FoundationEstimator, plan: FitPlan, net: FoundationNet) -> bool:
     """Say so when a ``KeyboardInterrupt`` ended mini-batch training, and what was kept.
 
-    skorch ends its loop on a ``KeyboardInterrupt`` (Ctrl-C, a job's
-    signal turned into one, or a callback such as skorch's
-    ``EarlyStopping``) and runs ``on_train_end``, so the estimator is
-    fitted and usable: with validation data it holds the best epoch's
-    weights, otherwise the last epoch's.
+    skorch ends its loop on a ``KeyboardInterrupt`` and runs
+    ``on_train_end``, so the estimator is fitted and usable: with validation
+    data it holds the best epoch's weights, otherwise the last epoch's. A
+    callback's hook raising it is how skorch's callbacks end training on
+    purpose (``n_iter_no_change``, a diverged loss, skorch's
+    ``EarlyStopping`` or any of the user's): the net names that callback in
+    ``stopped_by_``, and nothing is said. Otherwise it was Ctrl-C (or a
+    job's signal turned into one), and the warning says so.
     """
-    stopped_by_us = (convergence is not None and convergence.stopped_early_) or dict(
-        net.callbacks_
-    )["finite_loss"].diverged_ is not None
+    if net.stopped_by_ is not None:
+        return False
     mid_epoch = "train_loss" not in net.history[-1]  # the interrupt came inside a step
-    if stopped_by_us or not (
-        mid_epoch or (plan.solver != "lbfgs" and estimator.n_iter_ < plan.max_epochs)
-    ):
+    if not (mid_epoch or (plan.solver != "lbfgs" and estimator.n_iter_ < plan.max_epochs)):
         return False
     if plan.solver == "lbfgs":
         kept = "the head's weights where L-BFGS stopped (its initial ones if it had not begun)"
@@ -79,8 +77,16 @@ def check_finite_loss(estimator: FoundationEstimator, net: FoundationNet, plan: 
     )
 
 
-def warn_if_not_converged(estimator: FoundationEstimator, plan: FitPlan, convergence: Any) -> None:
-    """A ``ConvergenceWarning`` when ``max_epochs`` ended training, as scikit-learn's."""
+def warn_if_not_converged(
+    estimator: FoundationEstimator, plan: FitPlan, net: FoundationNet, convergence: Any
+) -> None:
+    """A ``ConvergenceWarning`` when ``max_epochs`` ended training, as scikit-learn's.
+
+    Mini-batch training that a callback ended (``n_iter_no_change``, or the
+    user's own rule such as skorch's ``EarlyStopping``) has met a stopping
+    rule, not the cap: no warning. L-BFGS warns when its iterations reached
+    the cap, whatever ended the epoch.
+    """
     if plan.solver == "lbfgs":
         if estimator.n_iter_ >= plan.max_epochs:
             linear = "Ridge" if estimator._task() == "regression" else "LogisticRegression"
@@ -94,7 +100,7 @@ def warn_if_not_converged(estimator: FoundationEstimator, plan: FitPlan, converg
                 stacklevel=5,
             )
         return
-    if plan.n_iter_no_change is None or convergence is None or convergence.stopped_early_:
+    if plan.n_iter_no_change is None or convergence is None or net.stopped_by_ is not None:
         return
     if convergence.best_epoch_ is None:  # never defined: UndefinedMetricWarning said so
         return

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from skorch.utils import multi_indexing, to_tensor
+from skorch.utils import multi_indexing
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._batches import batch_tensor
 from ._cache import FeatureCache
 from ._device import autocast, batch_threads, chooses_threads, counted_flops, forward_flops
 from ._encoder import prepare_encoder, preserved_modes
@@ -73,7 +74,7 @@ def encode(
         encoder.eval()
         starts = range(0, n_samples(X), batch_size)
         for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress, leave=False):
-            batch = to_tensor(multi_indexing(X, slice(start, start + batch_size)), device)
+            batch = batch_tensor(multi_indexing(X, slice(start, start + batch_size)), device)
             first = not chunks and chooses_threads(device)
             counting = counted_flops() if first else contextlib.nullcontext()
             with explained_failure(batch), counting as counter:

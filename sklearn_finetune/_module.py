@@ -8,9 +8,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from skorch.utils import multi_indexing, to_tensor
+from skorch.utils import multi_indexing
 from torch import nn
 
+from ._batches import batch_tensor
 from ._device import counted_flops, forward_flops
 from ._encoder import preserved_modes
 from ._inputs import n_samples
@@ -126,7 +127,7 @@ def probe_encoder(
     (matrix products, convolutions and attention; they choose the number of
     threads, see :func:`~sklearn_finetune._device.batch_threads`).
     """
-    batch = to_tensor(multi_indexing(X, slice(0, 2)), device)
+    batch = batch_tensor(multi_indexing(X, slice(0, 2)), device)
     with torch.no_grad(), preserved_modes(encoder), counted_flops() as counter:
         encoder.eval()
         with explained_failure(batch):

@@ -50,7 +50,16 @@ class FoundationNet(NeuralNet):
     * ``precision`` runs the forward pass under autocast (``"bf16"`` or
       ``"16"``); ``"16"`` scales the loss with a ``GradScaler`` so that small
       float16 gradients do not underflow.
+    * ``stopped_by_`` names the callback that ended training, if one did.
+      skorch's callbacks end training by raising ``KeyboardInterrupt`` from
+      a hook (skorch's ``EarlyStopping``, ``n_iter_no_change``), which
+      skorch's loop cannot tell from Ctrl-C; ``notify`` notes the name of the
+      callback whose hook raised it, so that the fit does not report an
+      interrupt (see ``_fit_report``). A Ctrl-C that lands while a
+      callback's hook runs counts as that callback's stop.
     """
+
+    stopped_by_: str | None = None
 
     def __init__(
         self,
@@ -86,6 +95,18 @@ class FoundationNet(NeuralNet):
             self.optimizer_ = None
             return self
         return super().initialize_optimizer(*args, **kwargs)
+
+    def notify(self, method_name: str, **cb_kwargs: Any) -> None:
+        """skorch's; a callback whose hook raises ``KeyboardInterrupt`` goes in ``stopped_by_``."""
+        if method_name == "on_train_begin":
+            self.stopped_by_ = None
+        getattr(self, method_name)(self, **cb_kwargs)
+        for name, callback in self.callbacks_:
+            try:
+                getattr(callback, method_name)(self, **cb_kwargs)
+            except KeyboardInterrupt:
+                self.stopped_by_ = name
+                raise
 
     def check_data(self, X: Any, y: Any) -> None:
         """Nothing to check: the estimator validated X and y before building the net."""

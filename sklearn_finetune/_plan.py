@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Subset
 
+from ._batches import WritableSamples
 from ._blocks import backbone_blocks
 from ._cache import FeatureCache, feature_cache
 from ._device import check_precision, seed_torch
@@ -136,7 +137,7 @@ class Validation:
         """skorch's ``train_split`` for ``net.fit(X, y)`` on all of X."""
         if self.data is not None:
             X_val, *y_val = self.data
-            return predefined_split(Dataset(X_val, y_val))
+            return predefined_split(WritableSamples(X_val, y_val))
         if self.rows is None or self.train is None:
             return None
         return partial(_index_split, train=self.train, valid=self.rows)

@@ -80,10 +80,12 @@ def main(out: Path, plain: bool) -> None:
             max_epochs=4,
             random_state=0,
         )
-        with warnings.catch_warnings():  # "Training was interrupted": what is tested
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             stopped.fit(X, y)
         (out / f"epochs-rank{rank}.txt").write_text(f"{len(stopped.history_)}\n")
+        interrupted = [str(w.message) for w in caught if "interrupted" in str(w.message)]
+        (out / f"stopped-rank{rank}.txt").write_text(f"{stopped.net_.stopped_by_} {interrupted}\n")
     clf = FoundationClassifier(
         encoder(),
         freeze_backbone=False,

@@ -98,8 +98,10 @@ def test_two_processes_train_as_one_and_the_result_is_a_plain_estimator(tmp_path
     np.testing.assert_allclose(loaded.predict_proba(X_test), rank0, atol=1e-6)
     for rank in (0, 1):  # a seed each process would draw itself is refused before training
         assert "random_state" in (tmp_path / f"refused-rank{rank}.txt").read_text()
-        # a callback that stopped rank 1 alone after epoch 2 stopped both there
+        # a callback that stopped rank 1 alone after epoch 2 stopped both there, named in both,
+        # and neither says it was interrupted
         assert (tmp_path / f"epochs-rank{rank}.txt").read_text().strip() == "2"
+        assert (tmp_path / f"stopped-rank{rank}.txt").read_text().strip() == "StopAlone []"
 
 
 def test_single_process_accelerator_trains_in_its_mixed_precision(accelerator_of, tmp_path):

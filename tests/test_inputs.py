@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -240,3 +244,70 @@ def test_a_bad_X_val_is_named_as_X_val():
     y = np.arange(60) % 2
     with pytest.raises(ValueError, match=r"^val_split's X_val does not match X: X has 4 features"):
         FoundationClassifier(nn.Linear(13, 4), val_split=(X[:5, :4], y[:5])).fit(X, y)
+
+
+READ_ONLY_X = textwrap.dedent(
+    """
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    from sklearn_finetune import FoundationClassifier, FoundationEmbedder, FoundationRegressor
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(5, 4)
+
+        def forward(self, a, b):
+            return self.linear(a + b)
+
+    def read_only(array):
+        array = array.copy()
+        array.flags.writeable = False
+        return array
+
+    rng = np.random.default_rng(0)
+    X = read_only(rng.normal(size=(60, 5)).astype(np.float32))
+    y = read_only(np.arange(60) % 2)
+    frame = pd.DataFrame(X, columns=list("abcde"))
+    assert not frame.to_numpy().flags.writeable  # pandas 3: copy-on-write
+    inputs = {"a": X, "b": read_only(X[::-1])}
+    warnings.simplefilter("error")  # torch warns once per process: the first one fails
+    for data in (X, frame):
+        regimes = [
+            dict(encoder=nn.Linear(5, 4)),
+            dict(encoder=nn.Linear(5, 4), head="mlp", max_epochs=2, val_split=(data, y)),
+            dict(encoder=nn.Linear(5, 4), freeze_backbone=False, max_epochs=2, val_split=0.2),
+            dict(encoder=nn.Linear(5, 4), unfreeze_at=1, max_epochs=2),
+            dict(encoder=None, max_epochs=2, val_split=(data, y)),
+        ]
+        for settings in regimes:
+            FoundationClassifier(**settings, n_iter_no_change=None).fit(data, y).predict(data)
+        FoundationEmbedder(nn.Linear(5, 4)).fit_transform(data)
+    settings = dict(freeze_backbone=False, max_epochs=2, n_iter_no_change=None)
+    FoundationRegressor(nn.Linear(5, 4), **settings).fit(X, X[:, 0]).predict(X)
+    FoundationClassifier(TwoInputs(), val_split=(inputs, y), **settings).fit(inputs, y).predict(
+        inputs
+    )
+    assert not X.flags.writeable and not y.flags.writeable and not inputs["b"].flags.writeable
+    assert not frame.to_numpy().flags.writeable
+    """
+)
+
+
+def test_read_only_x_and_pandas_frames_get_no_warning_from_torch(tmp_path):
+    """A read-only X (a pandas 3 frame's values) is never written: torch's warning is not shown.
+
+    torch warns once per process ("The given NumPy array is not writable"),
+    so the paths run in a fresh one, where the first warning fails it.
+    """
+    script = tmp_path / "read_only.py"
+    script.write_text(READ_ONLY_X)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

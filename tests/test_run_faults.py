@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping
 from torch import nn
 
 from sklearn_finetune import FoundationClassifier
@@ -74,8 +77,49 @@ def test_an_encoder_whose_width_changes_names_both_shapes(tabular):
         clf.fit(X, y)
 
 
-class InterruptAt(Callback):
-    """Raises KeyboardInterrupt at the end of epoch ``epoch``, as Ctrl-C there would."""
+class SigintAt(nn.Module):
+    """``Linear(5, 4)`` that sends this process SIGINT, as Ctrl-C does, in its ``call``-th step.
+
+    Training calls are counted on the class: fine-tuning trains a copy.
+    """
+
+    training_calls = 0
+
+    def __init__(self, call):
+        super().__init__()
+        self.linear = nn.Linear(5, 4)
+        self.call = call
+
+    def forward(self, x):
+        if self.training:
+            type(self).training_calls += 1
+            if type(self).training_calls == self.call:
+                signal.raise_signal(signal.SIGINT)
+        return self.linear(x)
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler: a KeyboardInterrupt in the main thread, as in a script."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_fit_interrupted_by_ctrl_c_keeps_a_usable_estimator_and_says_so(tabular, ctrl_c_raises):
+    X, y = tabular
+    SigintAt.training_calls = 0
+    encoder = SigintAt(call=13)  # 108 training rows in batches of 32: epoch 4's first step
+    clf = FoundationClassifier(encoder, freeze_backbone=False, batch_size=32, random_state=0)
+    with pytest.warns(UserWarning, match="interrupted .* epoch 4 of max_epochs=200"):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 4 and "train_loss" not in clf.history_[-1]
+    assert clf.net_.stopped_by_ is None and clf.best_epoch_ in (1, 2, 3)
+    assert clf.predict_proba(X).shape == (120, 2)
+
+
+class StopAt(Callback):
+    """Ends training at the end of epoch ``epoch``, as skorch's callbacks do: KeyboardInterrupt."""
 
     def __init__(self, epoch):
         self.epoch = epoch
@@ -85,15 +129,31 @@ class InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
-def test_an_interrupted_fit_keeps_a_usable_estimator_and_says_so(tabular):
+def test_a_callback_that_ends_training_is_not_reported_as_an_interrupt(tabular):
     X, y = tabular
     clf = FoundationClassifier(
-        nn.Linear(5, 4), head="mlp", callbacks=[InterruptAt(3)], random_state=0
+        nn.Linear(5, 4), head="mlp", callbacks=[("enough", StopAt(3))], random_state=0
     )
-    with pytest.warns(UserWarning, match="interrupted .* epoch 3 of max_epochs=200"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither "interrupted" nor a ConvergenceWarning
         clf.fit(X, y)
-    assert clf.n_iter_ == 3 and clf.best_epoch_ in (1, 2, 3)
+    assert clf.n_iter_ == 3 and clf.net_.stopped_by_ == "enough"
     assert clf.predict_proba(X).shape == (120, 2)
+
+
+def test_skorchs_early_stopping_ends_a_fit_without_a_warning(tabular):
+    X, y = tabular
+    clf = FoundationClassifier(
+        nn.Linear(5, 4), head="mlp", callbacks=[EarlyStopping(patience=3)], random_state=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf.fit(X, y)
+    stopping = dict(clf.net_.callbacks_)["EarlyStopping"]
+    assert clf.net_.stopped_by_ == "EarlyStopping" and stopping.misses_ == 3
+    assert clf.n_iter_ == len(clf.history_) < clf.net_.max_epochs  # where it stopped
+    losses = clf.history_[:, "valid_loss"]
+    assert min(losses[-3:]) > min(losses[:-3]) * (1 - stopping.threshold)  # 3 epochs, no gain
 
 
 class NaNAfter(nn.Module):
